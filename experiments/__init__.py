@@ -1,0 +1,1 @@
+"""experiments package (API stated below as it lands)."""

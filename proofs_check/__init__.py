@@ -1,0 +1,1 @@
+"""proofs_check package (API stated below as it lands)."""

@@ -1,0 +1,1 @@
+"""synthetic package (API stated below as it lands)."""

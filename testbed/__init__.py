@@ -1,0 +1,1 @@
+"""testbed package (API stated below as it lands)."""
