@@ -1,1 +1,19 @@
-"""synthetic package (API stated below as it lands)."""
+"""Synthetic task families with every derivative known in closed form.
+
+Public API:
+
+* :class:`QuadraticFamily`: ``1/2 (theta - c_m)^T A_m (theta - c_m)`` tasks,
+  the MAML objective and its gradient (eq. 30) in closed form for N steps.
+* :class:`TanhRegressionFamily`: nonconvex tanh-link regression with
+  gradient, Hessian and third derivative in closed form and global constants.
+* :class:`Constants`: the constants of Assumption 1 and their domain.
+* :mod:`synthetic.closed_form`: Sharp-MAML meta-gradients built from a
+  family's explicit derivatives (the oracle the autograd core is tested on).
+* :mod:`synthetic.strategies`: hypothesis strategies that draw families.
+"""
+
+from synthetic.base import Constants
+from synthetic.quadratic import QuadraticFamily
+from synthetic.tanh_regression import TanhRegressionFamily
+
+__all__ = ["Constants", "QuadraticFamily", "TanhRegressionFamily"]

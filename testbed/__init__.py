@@ -1,1 +1,28 @@
-"""testbed package (API stated below as it lands)."""
+"""Sharp-MAML and the MAML family as pure functions over parameter dicts (torch.func).
+
+Public API:
+
+* :class:`SharpMAMLConfig`, :func:`meta_gradient`, :func:`meta_objective`,
+  :func:`adapt`, :class:`Tasks`, :class:`MetaGradient`: one meta-gradient with
+  two radii (Abbas et al. 2022, Algorithm 1, eqs. 9-15); MAML, FO-MAML, ANIL,
+  Sharp-MAML_low/up/both and ESharp-MAML by configuration.
+* :func:`sam_gradient`, :func:`erm_objective`: SAM on multi-task ERM (eqs. 5-8).
+* :mod:`testbed.algorithms`: every algorithm by name (:func:`algorithms.make`).
+* :mod:`testbed.optim`: the meta-update (:func:`sgd_update`, :class:`MetaOptimizer`).
+* :mod:`testbed.params`: helpers over parameter dicts.
+
+Nothing here imports :mod:`experiments`.
+"""
+
+from testbed import algorithms, optim, params
+from testbed.meta import (MetaGradient, SharpMAMLConfig, Tasks, adapt, erm_objective,
+                          meta_gradient, meta_objective, sam_gradient)
+from testbed.optim import MetaOptimizer, sgd_update
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MetaGradient", "MetaOptimizer", "SharpMAMLConfig", "Tasks", "adapt", "algorithms",
+    "erm_objective", "meta_gradient", "meta_objective", "optim", "params", "sam_gradient",
+    "sgd_update", "__version__",
+]

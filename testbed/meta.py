@@ -1,0 +1,419 @@
+"""One Sharp-MAML meta-gradient with two radii; MAML and its relatives by configuration.
+
+Notation follows Abbas et al. 2022 (Sharp-MAML, ICML): ``theta`` is the
+meta-model, ``D_m`` a task's fine-tuning (support) data, ``D'_m`` its
+validation (query) data, ``beta_low`` the fine-tuning step, ``alpha_low`` and
+``alpha_up`` the lower and upper perturbation radii.
+
+The meta-gradient (Algorithm 1, eqs. 9-15)
+------------------------------------------
+For every task ``m`` with ``N`` fine-tuning steps::
+
+    theta_0           = theta + eps                                   (eq. 14)
+    eps_m^k           = alpha_low * g_k / ||g_k||,  g_k = grad L(theta_k; D_m)   (eq. 11)
+    theta_{k+1}       = theta_k - beta_low * grad L(theta_k + eps_m^k; D_m)      (eq. 9, 12)
+
+and the meta-gradient is the gradient of ``F(theta) = 1/M sum_m L(theta_N; D'_m)``
+(eq. 29a) with the perturbations held constant, which for ``N = 1`` is exactly
+eq. (10)::
+
+    (I - beta_low * hess L(theta + eps + eps_m; D_m)) grad L(theta_1; D'_m)
+
+The upper perturbation is ``eps = alpha_up * h / ||h||`` where ``h`` is the
+meta-gradient with ``eps = 0`` (eq. 13); it is shared by all tasks of the
+batch.  ``alpha_up = 0`` skips that first pass entirely, so:
+
+* ``alpha_low = alpha_up = 0`` is MAML (Algorithm 2), running no perturbation
+  code at all;
+* ``alpha_low = 0`` is Sharp-MAML_up (Algorithm 3, eqs. 20-21);
+* ``alpha_up = 0`` is Sharp-MAML_low (Algorithm 4, eqs. 22-23);
+* both positive is Sharp-MAML_both (Algorithm 1).
+
+Several fine-tuning steps (``N > 1``)
+-------------------------------------
+The paper states one step.  Here SAM is applied to *every* fine-tuning step:
+step ``k`` takes the gradient at ``theta_k + eps_m^k`` with ``eps_m^k`` the
+normalised gradient at ``theta_k`` itself (so the inner loop is ``N`` steps
+of SAM on ``L(.; D_m)``).  For Sharp-MAML_up/both the perturbations
+``eps_m^k`` are computed once, on the unperturbed trajectory of the first pass
+(where ``h`` is computed), and reused in the second pass started at
+``theta + eps``.  For ``N = 1`` this is eq. (14) to the letter, which uses
+``eps_m(theta^t)`` and not ``eps_m(theta^t + eps)``.
+
+Options
+-------
+``first_order``
+    FO-MAML: the inner gradients are constants, which removes the Hessian term
+    of eq. (10) and nothing else.
+``differentiate_perturbations``
+    Autograd differentiates through ``eps_m(theta)`` and ``eps(theta)`` instead
+    of treating them as constants (eq. 10).  This is the true gradient of the
+    composite map ``theta -> L(theta_N(theta); D'_m)``, and is what code that
+    builds ``eps_m`` inside a differentiable inner loop computes.
+``adapt_names``
+    ANIL (eq. 19): only these parameters are fine-tuned; the others enter the
+    loss unchanged.  ``eps_m`` lives on the adapted parameters only.
+``swp_keep`` (xi)
+    ESAM's stochastic weight perturbation: ``eps_m^k`` is multiplied by an
+    i.i.d. Bernoulli(xi) mask (drawn from ``generator``) after normalisation.
+``sds_fraction`` (mu)
+    ESAM's sharpness-sensitive data selection: the perturbed gradient of step
+    ``k`` uses only the ``ceil(mu * n)`` samples whose loss rises most from
+    ``theta_k`` to ``theta_k + eps_m^k``.
+
+Losses
+------
+``loss_fn(params, batch)`` returns the *per-sample* losses, shape ``[n]``;
+``L(theta; D)`` is their mean.  Task data come as a :class:`Tasks` whose
+leaves carry a leading task dimension ``M``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch.func import grad, grad_and_value, vmap
+
+from testbed import params as P
+from testbed import validate as V
+
+LossFn = Callable[[Mapping[str, torch.Tensor], Any], torch.Tensor]
+
+BATCHING = ("vmap", "loop")
+
+
+class Tasks(NamedTuple):
+    """A meta-batch: every tensor leaf of ``support``/``query`` has leading dim ``M``."""
+
+    support: Any
+    query: Any
+
+
+class MetaGradient(NamedTuple):
+    """What one meta-gradient evaluation returns.
+
+    grad:  the meta-gradient, a parameter dict (mean over tasks).
+    loss:  the value of the objective whose gradient ``grad`` is: the mean
+           query loss after fine-tuning from ``theta + eps``.
+    eps:   the upper perturbation ``eps(theta)`` of eq. (13), or ``None``.
+    """
+
+    grad: dict[str, torch.Tensor]
+    loss: torch.Tensor
+    eps: dict[str, torch.Tensor] | None
+
+
+@dataclass(frozen=True)
+class SharpMAMLConfig:
+    """Hyper-parameters of one meta-gradient.  Validated on construction.
+
+    beta_low:    fine-tuning step size (eqs. 2, 9), > 0.
+    inner_steps: number N of fine-tuning steps, >= 1.
+    alpha_low:   lower radius (eq. 11), >= 0.
+    alpha_up:    upper radius (eq. 13), >= 0.
+    first_order: FO-MAML (drop the Hessian term of eq. 10).
+    differentiate_perturbations: differentiate through eps_m and eps.
+    adapt_names: names of the parameters fine-tuned (ANIL, eq. 19); None = all.
+    swp_keep:    ESAM SWP keep probability xi in (0, 1]; None = no SWP.
+    sds_fraction: ESAM SDS fraction mu in (0, 1]; None = no SDS.
+                 At 1 both run their code and reduce to Sharp-MAML_low.
+    task_batching: "vmap" (one vectorised call over tasks) or "loop".
+    """
+
+    beta_low: float
+    inner_steps: int = 1
+    alpha_low: float = 0.0
+    alpha_up: float = 0.0
+    first_order: bool = False
+    differentiate_perturbations: bool = False
+    adapt_names: tuple[str, ...] | None = None
+    swp_keep: float | None = None
+    sds_fraction: float | None = None
+    task_batching: str = field(default="vmap")
+
+    def __post_init__(self) -> None:
+        V.positive("beta_low", self.beta_low)
+        V.positive_int("inner_steps", self.inner_steps)
+        V.nonnegative("alpha_low", self.alpha_low)
+        V.nonnegative("alpha_up", self.alpha_up)
+        if self.swp_keep is not None:
+            V.in_interval("swp_keep", self.swp_keep, 0.0, 1.0, low_open=True)
+        if self.sds_fraction is not None:
+            V.in_interval("sds_fraction", self.sds_fraction, 0.0, 1.0, low_open=True)
+        V.one_of("task_batching", self.task_batching, BATCHING)
+        if self.adapt_names is not None:
+            if isinstance(self.adapt_names, str) or len(self.adapt_names) == 0:
+                raise ValueError(
+                    f"adapt_names must be a non-empty tuple of parameter names, got {self.adapt_names!r}")
+            object.__setattr__(self, "adapt_names", tuple(self.adapt_names))
+        if (self.swp_keep is not None or self.sds_fraction is not None) and self.alpha_low == 0:
+            raise ValueError(
+                "swp_keep and sds_fraction act on the lower perturbation eps_m: "
+                f"they need alpha_low > 0 (got alpha_low={self.alpha_low!r}, "
+                f"swp_keep={self.swp_keep!r}, sds_fraction={self.sds_fraction!r})")
+
+
+# ----------------------------------------------------------------------------
+# pytree helpers for task batches (dicts, tuples, lists of tensors)
+
+
+def _tree_map(fn: Callable[[torch.Tensor], Any], tree: Any) -> Any:
+    if isinstance(tree, torch.Tensor):
+        return fn(tree)
+    if isinstance(tree, Mapping):
+        return {k: _tree_map(fn, v) for k, v in tree.items()}
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(_tree_map(fn, v) for v in tree))
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_tree_map(fn, v) for v in tree)
+    return tree
+
+
+def _leaves(tree: Any) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
+    _tree_map(lambda t: out.append(t), tree)
+    return out
+
+
+def num_tasks(tasks: Tasks) -> int:
+    """The meta-batch size M, checked to agree across every leaf."""
+    sizes = {t.shape[0] if t.dim() else None for t in _leaves(tasks)}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(
+            "every tensor in tasks.support and tasks.query needs the same leading task "
+            f"dimension M; found leading sizes {sorted(map(str, sizes))}")
+    m = sizes.pop()
+    if m < 1:
+        raise ValueError(f"a meta-batch needs at least one task, got M={m}")
+    return m
+
+
+def task(tasks: Any, m: int) -> Any:
+    """Task ``m`` of a stacked pytree."""
+    return _tree_map(lambda t: t[m], tasks)
+
+
+# ----------------------------------------------------------------------------
+# the inner loop
+
+
+def _mean_loss(loss_fn: LossFn, params: Mapping[str, torch.Tensor], batch: Any,
+               weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    losses = loss_fn(params, batch)
+    value = losses.mean() if weights is None else (losses * weights).sum()
+    return value, losses.detach()
+
+
+def _top_fraction_weights(increase: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Weights ``1/k`` on the ``k = ceil(fraction * n)`` largest entries, 0 elsewhere."""
+    n = increase.shape[-1]
+    k = max(1, math.ceil(fraction * n - 1e-9))
+    idx = torch.topk(increase, k, dim=-1).indices
+    return torch.zeros_like(increase).scatter(-1, idx, 1.0 / k)
+
+
+def _inner_loop(loss_fn: LossFn, cfg: SharpMAMLConfig, params: Mapping[str, torch.Tensor],
+                support: Any, offset: Mapping[str, torch.Tensor] | None,
+                plan: dict | None, masks: dict) -> tuple[dict, dict]:
+    """N fine-tuning steps from ``params + offset``; returns (adapted params, plan).
+
+    ``plan`` holds the per-step lower perturbations (and SDS weights).  When
+    ``plan`` is None they are computed on this trajectory; otherwise the given
+    ones are reused (second pass of Sharp-MAML_up/both).
+    """
+    start = dict(params) if offset is None else P.add(params, offset)
+    names = cfg.adapt_names or tuple(start)
+    fast = {k: start[k] for k in names}
+    frozen = {k: v for k, v in start.items() if k not in fast}
+
+    def full(f: Mapping[str, torch.Tensor]) -> dict:
+        return {**frozen, **f}
+
+    def loss_at(f, weights=None):
+        return _mean_loss(loss_fn, full(f), support, weights)
+
+    perturb = cfg.alpha_low > 0
+    eps_seq, w_seq = [], []
+    for k in range(cfg.inner_steps):
+        eps_m, weights = None, None
+        if perturb and plan is None:
+            g, losses0 = grad(loss_at, has_aux=True)(fast)
+            if not cfg.differentiate_perturbations:
+                g = P.detach(g)
+            eps_m = P.normalized(g, cfg.alpha_low)
+            if masks:
+                eps_m = {n: e * masks[n][k] for n, e in eps_m.items()}
+            if cfg.sds_fraction is not None:
+                losses1 = loss_fn(full(P.add(fast, eps_m)), support).detach()
+                weights = _top_fraction_weights(losses1 - losses0, cfg.sds_fraction)
+        elif perturb:
+            eps_m = plan["eps_m"][k]
+            weights = plan["sds_w"][k] if "sds_w" in plan else None
+        point = fast if eps_m is None else P.add(fast, eps_m)
+        g = grad(lambda f: loss_at(f, weights)[0])(point)
+        if cfg.first_order:
+            g = P.detach(g)
+        fast = P.axpy(-cfg.beta_low, g, fast)
+        if eps_m is not None:
+            eps_seq.append(eps_m)
+        if weights is not None:
+            w_seq.append(weights)
+    new_plan: dict = {}
+    if eps_seq:
+        new_plan["eps_m"] = tuple(eps_seq)
+    if w_seq:
+        new_plan["sds_w"] = tuple(w_seq)
+    return full(fast), new_plan
+
+
+def adapt(loss_fn: LossFn, params: Mapping[str, torch.Tensor], support: Any,
+          cfg: SharpMAMLConfig, *, generator: torch.Generator | None = None) -> dict:
+    """Fine-tune ``params`` on one task's ``support`` data (no task dimension).
+
+    This is the lower level of eq. (P) as the algorithms run it: ``N`` steps of
+    (SAM-)gradient descent, eqs. (9), (11), (12).  Used at meta-test time.
+    """
+    masks = _swp_masks(cfg, params, 1, generator)
+    masks = {n: m[0] for n, m in masks.items()}
+    adapted, _ = _inner_loop(loss_fn, cfg, params, support, None, None, masks)
+    return adapted
+
+
+def _swp_masks(cfg: SharpMAMLConfig, params: Mapping[str, torch.Tensor], m: int,
+               generator: torch.Generator | None) -> dict:
+    """Bernoulli(xi) masks, one per task, step and adapted parameter: {name: [M, N, *shape]}."""
+    if cfg.swp_keep is None or cfg.alpha_low == 0:
+        return {}
+    if generator is None:
+        raise ValueError(
+            f"swp_keep={cfg.swp_keep!r} draws random masks: pass a seeded "
+            "generator=torch.Generator().manual_seed(...)")
+    names = cfg.adapt_names or tuple(params)
+    out = {}
+    for n in names:
+        p = params[n]
+        probs = torch.full((m, cfg.inner_steps, *p.shape), cfg.swp_keep, dtype=p.dtype)
+        out[n] = torch.bernoulli(probs, generator=generator).to(p.device)
+    return out
+
+
+# ----------------------------------------------------------------------------
+# the meta-objective over a batch of tasks
+
+
+def _objective(loss_fn: LossFn, cfg: SharpMAMLConfig, params, tasks: Tasks, *,
+               offset=None, plans=None, masks=None) -> tuple[torch.Tensor, Any]:
+    """Mean query loss after fine-tuning; returns (value, per-task plans)."""
+    masks = masks or {}
+
+    def one(p, support, query, plan, mask):
+        adapted, new_plan = _inner_loop(loss_fn, cfg, p, support, offset, plan, mask)
+        return loss_fn(adapted, query).mean(), new_plan
+
+    if cfg.task_batching == "vmap":
+        if plans is None:
+            f = vmap(lambda p, s, q, mk: one(p, s, q, None, mk), in_dims=(None, 0, 0, 0))
+            values, new_plans = f(params, tasks.support, tasks.query, masks)
+        else:
+            f = vmap(one, in_dims=(None, 0, 0, 0, 0))
+            values, new_plans = f(params, tasks.support, tasks.query, plans, masks)
+        return values.mean(), new_plans
+    values, new_plans = [], []
+    for m in range(num_tasks(tasks)):
+        plan = None if plans is None else plans[m]
+        v, pl = one(params, task(tasks.support, m), task(tasks.query, m), plan, task(masks, m))
+        values.append(v)
+        new_plans.append(pl)
+    return torch.stack(values).mean(), new_plans
+
+
+def meta_objective(loss_fn: LossFn, params: Mapping[str, torch.Tensor], tasks: Tasks,
+                   cfg: SharpMAMLConfig) -> torch.Tensor:
+    """``F(theta)`` of eq. (29a) (generalised to N steps and SAM fine-tuning)."""
+    num_tasks(tasks)
+    value, _ = _objective(loss_fn, cfg, dict(params), tasks)
+    return value.detach()
+
+
+def meta_gradient(loss_fn: LossFn, params: Mapping[str, torch.Tensor], tasks: Tasks,
+                  cfg: SharpMAMLConfig, *, generator: torch.Generator | None = None) -> MetaGradient:
+    """The Sharp-MAML meta-gradient of Algorithm 1 (see the module docstring).
+
+    Args:
+        loss_fn: per-sample loss ``loss_fn(params, batch) -> [n]``.
+        params: the meta-model ``theta`` (never modified).
+        tasks: support and query data with a leading task dimension ``M``.
+        cfg: radii, steps and options.
+        generator: source of SWP masks (needed only when ``cfg.swp_keep`` is set).
+
+    Returns:
+        :class:`MetaGradient` with the gradient averaged over the ``M`` tasks
+        (eq. 15 sums; take ``beta_up`` ``M`` times smaller to match it).
+    """
+    params = dict(params)
+    masks = _swp_masks(cfg, params, num_tasks(tasks), generator)
+
+    def first_pass(p):
+        return _objective(loss_fn, cfg, p, tasks, masks=masks)
+
+    if cfg.alpha_up == 0:
+        (g, (value, _)) = grad_and_value(first_pass, has_aux=True)(params)
+        return MetaGradient(g, value.detach(), None)
+
+    if cfg.differentiate_perturbations:
+        def composite(p):
+            h, plans = grad(first_pass, has_aux=True)(p)
+            eps = P.normalized(h, cfg.alpha_up)
+            value, _ = _objective(loss_fn, cfg, p, tasks, offset=eps, plans=plans, masks=masks)
+            return value, P.detach(eps)
+
+        g, (value, eps) = grad_and_value(composite, has_aux=True)(params)
+        return MetaGradient(g, value.detach(), eps)
+
+    h, plans = grad(first_pass, has_aux=True)(params)
+    eps = P.normalized(P.detach(h), cfg.alpha_up)
+    plans = _tree_map(torch.Tensor.detach, plans)
+
+    def second_pass(p):
+        return _objective(loss_fn, cfg, p, tasks, offset=eps, plans=plans, masks=masks)[0]
+
+    g, value = grad_and_value(second_pass)(params)
+    return MetaGradient(g, value.detach(), eps)
+
+
+# ----------------------------------------------------------------------------
+# SAM on plain ERM (eqs. 5, 6, 8)
+
+
+def erm_objective(loss_fn: LossFn, params: Mapping[str, torch.Tensor], tasks: Tasks) -> torch.Tensor:
+    """Multi-task ERM of eq. (5), each task's loss taken on all of its data (D_m and D'_m)."""
+    m = num_tasks(tasks)
+    total = 0.0
+    for i in range(m):
+        s, q = task(tasks.support, i), task(tasks.query, i)
+        total = total + 0.5 * (loss_fn(params, s).mean() + loss_fn(params, q).mean())
+    return total / m
+
+
+def sam_gradient(loss_fn: LossFn, params: Mapping[str, torch.Tensor], tasks: Tasks,
+                 alpha: float) -> MetaGradient:
+    """SAM (eqs. 8a-8b) on the ERM objective: the gradient at ``theta + eps(theta)``.
+
+    ``alpha = 0`` is the plain ERM gradient.
+    """
+    V.nonnegative("alpha", alpha)
+    params = dict(params)
+
+    def f(p):
+        return erm_objective(loss_fn, p, tasks)
+
+    if alpha == 0:
+        g, value = grad_and_value(f)(params)
+        return MetaGradient(g, value.detach(), None)
+    eps = P.normalized(P.detach(grad(f)(params)), alpha)
+    g, value = grad_and_value(f)(P.add(params, eps))
+    return MetaGradient(g, value.detach(), eps)
