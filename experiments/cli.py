@@ -8,41 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import fields
 
-EXIT_USAGE = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``testbed demo: error: argument --dim: must be >= 1, got '0'``."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-
-
-def _number(kind: Callable[[str], float], check: Callable[[float], bool], rule: str):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
-        if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-        if not check(value):
-            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
-        return value
-    parse.__name__ = rule
-    return parse
-
-
-positive_float = _number(float, lambda v: v > 0, "a number > 0")
-nonnegative_float = _number(float, lambda v: v >= 0, "a number >= 0")
-positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
-nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+from experiments.cliutil import (EXIT_USAGE, Parser, nonnegative_int, positive_float,
+                                 positive_int)
 
 
 def _add_demo(sub) -> None:
@@ -88,13 +59,13 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="testbed",
         description="Sharp-MAML testbed: theory checks, synthetic studies and few-shot "
                     "benchmarks for Sharp-MAML (Abbas et al., ICML 2022) and the MAML family.")
     from testbed import __version__
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     _add_demo(sub)
     return parser

@@ -1,0 +1,43 @@
+"""Argument parsing shared by every ``testbed`` subcommand.
+
+One-line errors naming the bad value, exit status 2, and typed parsers for
+numbers with their allowed range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``testbed demo: error: argument --dim: must be >= 1, got '0'``."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _number(kind: Callable[[str], float], check: Callable[[float], bool], rule: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
+        if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+        return value
+    parse.__name__ = rule
+    return parse
+
+
+positive_float = _number(float, lambda v: v > 0, "a number > 0")
+nonnegative_float = _number(float, lambda v: v >= 0, "a number >= 0")
+positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
+nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
