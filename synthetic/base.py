@@ -63,14 +63,18 @@ class FamilyBase:
             raise ValueError(f"which must be 'support' or 'query', got {which!r}")
 
     def _points(self, theta: torch.Tensor) -> torch.Tensor:
-        """``theta`` as per-task points ``[M, d]`` (accepts ``[d]`` or ``[M, d]``)."""
+        """``theta`` as per-task points ``[..., M, d]``.
+
+        Accepts one point ``[d]`` (shared by all tasks) or per-task points with
+        any leading batch dimensions ``[..., M, d]`` (many runs at once).
+        """
         theta = torch.as_tensor(theta, dtype=self.dtype)
         if theta.shape == (self.dim,):
             return theta.expand(self.num_tasks, self.dim)
-        if theta.shape == (self.num_tasks, self.dim):
+        if theta.dim() >= 2 and theta.shape[-2:] == (self.num_tasks, self.dim):
             return theta
         raise ValueError(
-            f"theta must have shape ({self.dim},) or ({self.num_tasks}, {self.dim}), "
+            f"theta must have shape ({self.dim},) or (..., {self.num_tasks}, {self.dim}), "
             f"got {tuple(theta.shape)}")
 
     def batch(self, which: str, generator: torch.Generator | None = None) -> dict:

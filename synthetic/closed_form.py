@@ -26,43 +26,78 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return torch.where(n > 0, v / torch.where(n > 0, n, 1.0), torch.zeros_like(v))
 
 
-def _pass(family, theta_start: torch.Tensor, beta_low: float, steps: int, alpha_low: float,
-          first_order: bool, eps_plan: list[torch.Tensor] | None):
-    """One pass over all tasks from per-task starts ``[M, d]``; returns (meta-grad ``[d]``, plan)."""
+def _per_run(value, lead: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """A hyper-parameter (float or tensor over the run dimensions) as a tensor of shape ``lead``."""
+    t = torch.as_tensor(value, dtype=dtype)
+    return t.expand(lead) if t.shape != lead else t
+
+
+def batched_sharp_meta_gradient(family, theta: torch.Tensor, *, beta_low, steps: int = 1,
+                                alpha_low=0.0, alpha_up=0.0, first_order: bool = False,
+                                noise: tuple[torch.Tensor, torch.Tensor] | None = None
+                                ) -> torch.Tensor:
+    """Sharp-MAML meta-gradients of many runs at once: ``theta`` is ``[..., d]``.
+
+    ``beta_low``, ``alpha_low`` and ``alpha_up`` are floats or tensors over the
+    leading (run) dimensions, so one call evaluates runs with different step
+    sizes and radii.  ``noise = (z, z')`` with shapes ``[..., M, d]`` adds the
+    oracle noise of :meth:`synthetic.base.FamilyBase.tasks` to every support and
+    query gradient (Hessians exact), exactly as a batch carrying ``z`` does in
+    :mod:`testbed.meta`.  Returns ``[..., d]``.
+    """
+    V.positive_int("steps", steps)
+    theta = torch.as_tensor(theta, dtype=family.dtype)
+    lead = theta.shape[:-1]
     M, d = family.num_tasks, family.dim
-    eye = torch.eye(d, dtype=family.dtype).expand(M, d, d)
-    x = theta_start.expand(M, d).clone()
-    jacobians, plan = [], []
-    for k in range(steps):
-        if alpha_low > 0:
-            e = alpha_low * _unit(family.gradient(x, "support")) if eps_plan is None else eps_plan[k]
-        else:
-            e = torch.zeros_like(x)
-        plan.append(e)
-        point = x + e
-        jacobians.append(eye if first_order else eye - beta_low * family.hessian(point, "support"))
-        x = x - beta_low * family.gradient(point, "support")
-    v = family.gradient(x, "query")
-    for J in reversed(jacobians):
-        v = torch.einsum("mji,mj->mi", J, v)
-    return v.mean(0), plan
+    bl = _per_run(beta_low, lead, family.dtype)
+    al = _per_run(alpha_low, lead, family.dtype)
+    au = _per_run(alpha_up, lead, family.dtype)
+    for name, t, strict in (("beta_low", bl, True), ("alpha_low", al, False), ("alpha_up", au, False)):
+        if (t <= 0).any() if strict else (t < 0).any():
+            raise ValueError(f"{name} must be {'> 0' if strict else '>= 0'}, got min {t.min().item()!r}")
+    zs, zq = noise if noise is not None else (None, None)
+    b3 = bl[..., None, None]
+
+    def grad(x, which, z):
+        g = family.gradient(x, which)
+        return g if z is None else g + z
+
+    def one_pass(start, plan):
+        x = start.unsqueeze(-2).expand(*lead, M, d)
+        hessians, new_plan = [], []
+        for k in range(steps):
+            if plan is not None:
+                e = plan[k]
+            elif (al > 0).any():
+                e = al[..., None, None] * _unit(grad(x, "support", zs))
+            else:
+                e = torch.zeros_like(x)
+            new_plan.append(e)
+            point = x + e
+            hessians.append(None if first_order else family.hessian(point, "support"))
+            x = x - b3 * grad(point, "support", zs)
+        v = grad(x, "query", zq)
+        for H in reversed(hessians):   # (I - beta H_{N-1}) ... (I - beta H_0) applied to v, transposed
+            if H is not None:
+                v = v - b3 * torch.einsum("...mji,...mj->...mi", H, v)
+        return v.mean(-2), new_plan
+
+    h, plan = one_pass(theta, None)
+    if not (au > 0).any():
+        return h
+    return one_pass(theta + au[..., None] * _unit(h), plan)[0]
 
 
 def sharp_meta_gradient(family, theta: torch.Tensor, *, beta_low: float, steps: int = 1,
                         alpha_low: float = 0.0, alpha_up: float = 0.0,
                         first_order: bool = False) -> torch.Tensor:
-    """The Sharp-MAML meta-gradient (constant perturbations, eq. 10) from explicit derivatives."""
+    """The Sharp-MAML meta-gradient (constant perturbations, eq. 10) at one point ``[d]``."""
     V.positive("beta_low", beta_low)
-    V.positive_int("steps", steps)
     V.nonnegative("alpha_low", alpha_low)
     V.nonnegative("alpha_up", alpha_up)
-    theta = torch.as_tensor(theta, dtype=family.dtype)
-    h, plan = _pass(family, theta, beta_low, steps, alpha_low, first_order, None)
-    if alpha_up == 0:
-        return h
-    eps = alpha_up * _unit(h)
-    g, _ = _pass(family, theta + eps, beta_low, steps, alpha_low, first_order, plan)
-    return g
+    return batched_sharp_meta_gradient(family, theta, beta_low=beta_low, steps=steps,
+                                       alpha_low=alpha_low, alpha_up=alpha_up,
+                                       first_order=first_order)
 
 
 def sharp_low_total_derivative(family, theta: torch.Tensor, *, beta_low: float,

@@ -119,25 +119,25 @@ class QuadraticFamily(FamilyBase):
         return (self.A, self.c) if which == "support" else (self.A_val, self.c_val)
 
     def value(self, theta: torch.Tensor, which: str = "support") -> torch.Tensor:
-        """``L(theta_m; D_m)`` (or ``D'_m``) for each task: ``[M]``."""
+        """``L(theta_m; D_m)`` (or ``D'_m``) for each task: ``[..., M]``."""
         A, c = self._data(which)
         r = self._points(theta) - c
-        return 0.5 * torch.einsum("mi,mij,mj->m", r, A, r)
+        return 0.5 * torch.einsum("...mi,mij,...mj->...m", r, A, r)
 
     def gradient(self, theta: torch.Tensor, which: str = "support") -> torch.Tensor:
-        """``A_m (theta_m - c_m)``: ``[M, d]``."""
+        """``A_m (theta_m - c_m)``: ``[..., M, d]``."""
         A, c = self._data(which)
-        return torch.einsum("mij,mj->mi", A, self._points(theta) - c)
+        return torch.einsum("mij,...mj->...mi", A, self._points(theta) - c)
 
     def hessian(self, theta: torch.Tensor, which: str = "support") -> torch.Tensor:
-        """``A_m``: ``[M, d, d]`` (independent of ``theta``)."""
-        self._points(theta)
-        return self._data(which)[0].clone()
+        """``A_m``: ``[..., M, d, d]`` (independent of ``theta``)."""
+        lead = self._points(theta).shape[:-2]
+        return self._data(which)[0].expand(*lead, self.num_tasks, self.dim, self.dim).clone()
 
     def third(self, theta: torch.Tensor, which: str = "support") -> torch.Tensor:
-        """Zero: ``[M, d, d, d]``."""
-        self._points(theta)
-        return torch.zeros(self.num_tasks, self.dim, self.dim, self.dim, dtype=self.dtype)
+        """Zero: ``[..., M, d, d, d]``."""
+        lead = self._points(theta).shape[:-2]
+        return torch.zeros(*lead, self.num_tasks, self.dim, self.dim, self.dim, dtype=self.dtype)
 
     def constants(self, radius: float = 10.0) -> Constants:
         """Assumption 1 constants on the ball ``||theta|| <= radius``.
@@ -161,16 +161,16 @@ class QuadraticFamily(FamilyBase):
         return torch.linalg.matrix_power(eye - beta_low * self.A, steps)
 
     def adapted(self, theta: torch.Tensor, beta_low: float, steps: int = 1) -> torch.Tensor:
-        """``theta_N = c_m + (I - beta_low A_m)^N (theta - c_m)``: ``[M, d]``."""
+        """``theta_N = c_m + (I - beta_low A_m)^N (theta - c_m)``: ``[..., M, d]``."""
         B = self._contraction(beta_low, steps)
-        return self.c + torch.einsum("mij,mj->mi", B, self._points(theta) - self.c)
+        return self.c + torch.einsum("mij,...mj->...mi", B, self._points(theta) - self.c)
 
     def maml_objective(self, theta: torch.Tensor, beta_low: float, steps: int = 1) -> torch.Tensor:
-        """``F(theta)`` of eq. (29a) with ``N`` exact gradient steps: a scalar."""
-        return self.value(self.adapted(theta, beta_low, steps), "query").mean()
+        """``F(theta)`` of eq. (29a) with ``N`` exact gradient steps: ``[...]``."""
+        return self.value(self.adapted(theta, beta_low, steps), "query").mean(-1)
 
     def maml_gradient(self, theta: torch.Tensor, beta_low: float, steps: int = 1) -> torch.Tensor:
-        """``grad F(theta) = 1/M sum_m (I - beta_low A_m)^N A'_m (theta_N - c'_m)`` (eq. 30): ``[d]``."""
+        """``grad F(theta) = 1/M sum_m (I - beta_low A_m)^N A'_m (theta_N - c'_m)`` (eq. 30): ``[..., d]``."""
         B = self._contraction(beta_low, steps)
         g_val = self.gradient(self.adapted(theta, beta_low, steps), "query")
-        return torch.einsum("mji,mj->mi", B, g_val).mean(0)
+        return torch.einsum("mji,...mj->...mi", B, g_val).mean(-2)

@@ -166,24 +166,24 @@ class TanhRegressionFamily(FamilyBase):
     def _derivs(self, theta, which):
         self._check_which(which)
         x, y = (self.x, self.y) if which == "support" else (self.x_val, self.y_val)
-        s = torch.einsum("mnd,md->mn", x, self._points(theta))
+        s = torch.einsum("mnd,...md->...mn", x, self._points(theta))
         return x, _scalar_derivs(s, y)
 
     def value(self, theta: torch.Tensor, which: str = "support") -> torch.Tensor:
         _, (f0, _, _, _) = self._derivs(theta, which)
-        return f0.mean(1)
+        return f0.mean(-1)
 
     def gradient(self, theta: torch.Tensor, which: str = "support") -> torch.Tensor:
         x, (_, f1, _, _) = self._derivs(theta, which)
-        return torch.einsum("mn,mnd->md", f1, x) / x.shape[1]
+        return torch.einsum("...mn,mnd->...md", f1, x) / x.shape[1]
 
     def hessian(self, theta: torch.Tensor, which: str = "support") -> torch.Tensor:
         x, (_, _, f2, _) = self._derivs(theta, which)
-        return torch.einsum("mn,mni,mnj->mij", f2, x, x) / x.shape[1]
+        return torch.einsum("...mn,mni,mnj->...mij", f2, x, x) / x.shape[1]
 
     def third(self, theta: torch.Tensor, which: str = "support") -> torch.Tensor:
         x, (_, _, _, f3) = self._derivs(theta, which)
-        return torch.einsum("mn,mni,mnj,mnk->mijk", f3, x, x, x) / x.shape[1]
+        return torch.einsum("...mn,mni,mnj,mnk->...mijk", f3, x, x, x) / x.shape[1]
 
     def constants(self) -> Constants:
         """Assumption 1 constants, valid on all of ``R^d`` (see the module docstring)."""
