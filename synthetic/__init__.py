@@ -6,6 +6,8 @@ Public API:
   the MAML objective and its gradient (eq. 30) in closed form for N steps.
 * :class:`TanhRegressionFamily`: nonconvex tanh-link regression with
   gradient, Hessian and third derivative in closed form and global constants.
+* :class:`DoubleWellFamily`: tilted, coupled double wells (many stationary
+  points; Lemma 1), constants on a box ``||theta||_inf <= R``.
 * :class:`Constants`: the constants of Assumption 1 and their domain.
 * :mod:`synthetic.closed_form`: Sharp-MAML meta-gradients built from a
   family's explicit derivatives (the oracle the autograd core is tested on).
@@ -13,7 +15,8 @@ Public API:
 """
 
 from synthetic.base import Constants
+from synthetic.double_well import DoubleWellFamily
 from synthetic.quadratic import QuadraticFamily
 from synthetic.tanh_regression import TanhRegressionFamily
 
-__all__ = ["Constants", "QuadraticFamily", "TanhRegressionFamily"]
+__all__ = ["Constants", "DoubleWellFamily", "QuadraticFamily", "TanhRegressionFamily"]

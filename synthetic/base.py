@@ -7,6 +7,7 @@ and a separate validation set ``D'_m`` ("query").  It gives
   differentiates (``params = {"theta": tensor[d]}``);
 * closed forms ``value``, ``gradient``, ``hessian``, ``third`` of the task
   losses ``L(theta; D_m)`` / ``L(theta; D'_m)`` for all tasks at once;
+* ``hvp(theta, v, which)``: Hessian-vector products without forming the Hessian;
 * ``constants(...)``: the constants of Assumption 1 of Abbas et al. 2022 and
   the domain on which they hold;
 * ``tasks(generator)``: a :class:`testbed.meta.Tasks` meta-batch.  With

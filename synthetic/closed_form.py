@@ -64,7 +64,7 @@ def batched_sharp_meta_gradient(family, theta: torch.Tensor, *, beta_low, steps:
 
     def one_pass(start, plan):
         x = start.unsqueeze(-2).expand(*lead, M, d)
-        hessians, new_plan = [], []
+        points, new_plan = [], []
         for k in range(steps):
             if plan is not None:
                 e = plan[k]
@@ -74,12 +74,12 @@ def batched_sharp_meta_gradient(family, theta: torch.Tensor, *, beta_low, steps:
                 e = torch.zeros_like(x)
             new_plan.append(e)
             point = x + e
-            hessians.append(None if first_order else family.hessian(point, "support"))
+            points.append(point)
             x = x - b3 * grad(point, "support", zs)
         v = grad(x, "query", zq)
-        for H in reversed(hessians):   # (I - beta H_{N-1}) ... (I - beta H_0) applied to v, transposed
-            if H is not None:
-                v = v - b3 * torch.einsum("...mji,...mj->...mi", H, v)
+        if not first_order:   # J_0^T ... J_{N-1}^T v with J_k = I - beta H(point_k), H symmetric
+            for point in reversed(points):
+                v = v - b3 * family.hvp(point, v, "support")
         return v.mean(-2), new_plan
 
     h, plan = one_pass(theta, None)

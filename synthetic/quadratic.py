@@ -134,6 +134,11 @@ class QuadraticFamily(FamilyBase):
         lead = self._points(theta).shape[:-2]
         return self._data(which)[0].expand(*lead, self.num_tasks, self.dim, self.dim).clone()
 
+    def hvp(self, theta: torch.Tensor, v: torch.Tensor, which: str = "support") -> torch.Tensor:
+        """Hessian-vector products ``A_m v_m``: ``[..., M, d]`` (``v`` shaped like the points)."""
+        self._points(theta)
+        return torch.einsum("mij,...mj->...mi", self._data(which)[0], v)
+
     def third(self, theta: torch.Tensor, which: str = "support") -> torch.Tensor:
         """Zero: ``[..., M, d, d, d]``."""
         lead = self._points(theta).shape[:-2]

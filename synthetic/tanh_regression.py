@@ -70,14 +70,21 @@ def derivative_bounds(y_max: float) -> tuple[float, float, float]:
     return tuple(float(s) for s in sups)
 
 
-def _scalar_derivs(s: torch.Tensor, y: torch.Tensor):
+def _scalar_derivs(s: torch.Tensor, y: torch.Tensor, orders: tuple[int, ...] = (0, 1, 2, 3)):
+    """``f^(k)(s)`` for the requested orders ``k`` (the others are None)."""
     t = torch.tanh(s)
     one_m = 1 - t * t
-    inner = 1 - 3 * t * t + 2 * t * y
-    f1 = (t - y) * one_m
-    f2 = one_m * inner
-    f3 = one_m * (-2 * t * inner + one_m * (2 * y - 6 * t))
-    return 0.5 * (t - y) ** 2, f1, f2, f3
+    out = [None, None, None, None]
+    if 0 in orders:
+        out[0] = 0.5 * (t - y) ** 2
+    if 1 in orders:
+        out[1] = (t - y) * one_m
+    if 2 in orders or 3 in orders:
+        inner = 1 - 3 * t * t + 2 * t * y
+        out[2] = one_m * inner
+        if 3 in orders:
+            out[3] = one_m * (-2 * t * inner + one_m * (2 * y - 6 * t))
+    return tuple(out)
 
 
 @dataclass(frozen=True, eq=False)
@@ -163,26 +170,32 @@ class TanhRegressionFamily(FamilyBase):
         return 0.5 * (torch.tanh(s) - batch["y"]) ** 2 + FamilyBase._noise(params, batch)
 
     # -- closed forms ------------------------------------------------------
-    def _derivs(self, theta, which):
+    def _derivs(self, theta, which, orders=(0, 1, 2, 3)):
         self._check_which(which)
         x, y = (self.x, self.y) if which == "support" else (self.x_val, self.y_val)
         s = torch.einsum("mnd,...md->...mn", x, self._points(theta))
-        return x, _scalar_derivs(s, y)
+        return x, _scalar_derivs(s, y, orders)
 
     def value(self, theta: torch.Tensor, which: str = "support") -> torch.Tensor:
-        _, (f0, _, _, _) = self._derivs(theta, which)
+        _, (f0, _, _, _) = self._derivs(theta, which, (0,))
         return f0.mean(-1)
 
     def gradient(self, theta: torch.Tensor, which: str = "support") -> torch.Tensor:
-        x, (_, f1, _, _) = self._derivs(theta, which)
+        x, (_, f1, _, _) = self._derivs(theta, which, (1,))
         return torch.einsum("...mn,mnd->...md", f1, x) / x.shape[1]
 
     def hessian(self, theta: torch.Tensor, which: str = "support") -> torch.Tensor:
-        x, (_, _, f2, _) = self._derivs(theta, which)
+        x, (_, _, f2, _) = self._derivs(theta, which, (2,))
         return torch.einsum("...mn,mni,mnj->...mij", f2, x, x) / x.shape[1]
 
+    def hvp(self, theta: torch.Tensor, v: torch.Tensor, which: str = "support") -> torch.Tensor:
+        """Hessian-vector products ``mean_i f''(s_i) x_i (x_i^T v_m)`` in O(n d): ``[..., M, d]``."""
+        x, (_, _, f2, _) = self._derivs(theta, which, (2,))
+        xv = torch.einsum("mnd,...md->...mn", x, v)
+        return torch.einsum("...mn,mnd->...md", f2 * xv, x) / x.shape[1]
+
     def third(self, theta: torch.Tensor, which: str = "support") -> torch.Tensor:
-        x, (_, _, _, f3) = self._derivs(theta, which)
+        x, (_, _, _, f3) = self._derivs(theta, which, (3,))
         return torch.einsum("...mn,mni,mnj,mnk->...mijk", f3, x, x, x) / x.shape[1]
 
     def constants(self) -> Constants:

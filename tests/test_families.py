@@ -151,3 +151,13 @@ def test_strategies_validate_their_arguments(make):
 def test_families_reject_bad_arguments_naming_them(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+@given(family=tanh_families(), data=st.data())
+def test_hessian_vector_products_equal_hessian_times_vector(family, data):
+    theta = data.draw(points(family.dim, 3.0))
+    v = torch.randn(2, family.num_tasks, family.dim, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(0))
+    for fam in (family, QuadraticFamily.random(family.num_tasks, family.dim, seed=1)):
+        want = torch.einsum("mij,kmj->kmi", fam.hessian(theta), v)
+        assert (fam.hvp(theta, v) - want).abs().max().item() <= TOL

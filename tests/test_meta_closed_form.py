@@ -83,8 +83,8 @@ def test_hessian_is_taken_at_the_perturbed_point():
         def __getattr__(self, name):
             return getattr(family, name)
 
-        def hessian(self, point, which="support"):
-            return family.hessian(theta, which)
+        def hvp(self, point, v, which="support"):
+            return family.hvp(theta, v, which)
 
     wrong = sharp_meta_gradient(HessianAtTheta(), theta, beta_low=beta, alpha_low=a_low, alpha_up=a_up)
     right = sharp_meta_gradient(family, theta, beta_low=beta, alpha_low=a_low, alpha_up=a_up)
