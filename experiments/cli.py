@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     _add_demo(sub)
+    __import__("experiments.fewshot.commands", fromlist=["register"]).register(sub)
+    from experiments.claims.commands import register as register_verify
+    register_verify(sub)
     return parser
 
 

@@ -1,0 +1,61 @@
+"""Run the registry and write the report, keeping what finished if interrupted."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from experiments.claims import report
+from experiments.claims.registry import ClaimResult, Context, select
+
+
+def _progress(i: int, n: int, cid: str, seconds: float | None) -> None:
+    """``[i/n] id`` while a claim runs (terminals only), then its verdict and time."""
+    if seconds is None:
+        if sys.stderr.isatty():
+            print(f"\r[{i}/{n}] {cid} ...".ljust(78), end="", file=sys.stderr, flush=True)
+        return
+    print(f"\r[{i}/{n}] {cid} ({seconds:.1f} s)".ljust(78), file=sys.stderr, flush=True)
+
+
+def verify(out_dir: Path, *, quick: bool = True, only: Sequence[str] | None = None, seed: int = 0,
+           command: str = "testbed verify", progress: bool = True,
+           memo: dict | None = None) -> dict:
+    """Run the selected claims; write ``report.json``, ``report.md`` and plots into ``out_dir``.
+
+    The report is rewritten after every claim, so an interrupted run keeps the
+    claims it finished (``complete: false``).  ``memo`` (optional) receives the
+    shared computations, so a caller can re-run single checks without redoing
+    the sweeps.  Returns the report dict.
+    """
+    from testbed import __version__
+
+    claims = select(only)
+    out_dir = Path(out_dir)
+    ctx = Context(quick=quick, seed=seed, out_dir=out_dir, memo={} if memo is None else memo)
+    info = report.RunInfo(command=command, seed=seed, quick=quick, package_version=__version__,
+                          git_commit=report.git_commit(),
+                          started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    results: list[ClaimResult] = []
+    start = time.perf_counter()
+    complete = False
+    try:
+        for i, claim in enumerate(claims):
+            if progress:
+                _progress(i + 1, len(claims), claim.id, None)
+            t = time.perf_counter()
+            result = claim.check(ctx)
+            results.append(replace(result, id=claim.id, seconds=time.perf_counter() - t))
+            if progress:
+                _progress(i + 1, len(claims), f"{claim.id}: {result.verdict}", results[-1].seconds)
+            report.write(out_dir, report.build_report(info, claims, results,
+                                                      time.perf_counter() - start, False))
+        complete = True
+    finally:
+        final = report.build_report(info, claims, results, time.perf_counter() - start, complete)
+        report.write(out_dir, final)
+    return final
