@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("experiments.fewshot.commands", fromlist=["register"]).register(sub)
     from experiments.claims.commands import register as register_verify
     register_verify(sub)
+    from experiments.bench.commands import register as register_bench
+    register_bench(sub)
     return parser
 
 
