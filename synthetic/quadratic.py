@@ -159,7 +159,8 @@ class QuadraticFamily(FamilyBase):
                          radius=float(radius))
 
     # -- the MAML objective in closed form --------------------------------
-    def _contraction(self, beta_low: float, steps: int) -> torch.Tensor:
+    def contraction(self, beta_low: float, steps: int) -> torch.Tensor:
+        """``(I - beta_low A_m)^N``: the Jacobian of N exact fine-tuning steps, ``[M, d, d]``."""
         V.positive("beta_low", beta_low)
         V.positive_int("steps", steps)
         eye = torch.eye(self.dim, dtype=self.dtype)
@@ -167,7 +168,7 @@ class QuadraticFamily(FamilyBase):
 
     def adapted(self, theta: torch.Tensor, beta_low: float, steps: int = 1) -> torch.Tensor:
         """``theta_N = c_m + (I - beta_low A_m)^N (theta - c_m)``: ``[..., M, d]``."""
-        B = self._contraction(beta_low, steps)
+        B = self.contraction(beta_low, steps)
         return self.c + torch.einsum("mij,...mj->...mi", B, self._points(theta) - self.c)
 
     def maml_objective(self, theta: torch.Tensor, beta_low: float, steps: int = 1) -> torch.Tensor:
@@ -176,6 +177,6 @@ class QuadraticFamily(FamilyBase):
 
     def maml_gradient(self, theta: torch.Tensor, beta_low: float, steps: int = 1) -> torch.Tensor:
         """``grad F(theta) = 1/M sum_m (I - beta_low A_m)^N A'_m (theta_N - c'_m)`` (eq. 30): ``[..., d]``."""
-        B = self._contraction(beta_low, steps)
+        B = self.contraction(beta_low, steps)
         g_val = self.gradient(self.adapted(theta, beta_low, steps), "query")
         return torch.einsum("mji,...mj->...mi", B, g_val).mean(-2)
