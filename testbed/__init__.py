@@ -7,14 +7,17 @@ Public API:
   two radii (Abbas et al. 2022, Algorithm 1, eqs. 9-15); MAML, FO-MAML, ANIL,
   Sharp-MAML_low/up/both and ESharp-MAML by configuration.
 * :func:`sam_gradient`, :func:`erm_objective`: SAM on multi-task ERM (eqs. 5-8).
-* :mod:`testbed.algorithms`: every algorithm by name (:func:`algorithms.make`).
+* :mod:`testbed.baselines`: Reptile, iMAML (implicit gradient by conjugate
+  gradients) and Agnostic-SAM (our reading of its outline).
+* :mod:`testbed.algorithms`: every algorithm by name (:func:`algorithms.make`),
+  including HF-MAML (finite-difference Hessian-vector products) and Sign-MAML.
 * :mod:`testbed.optim`: the meta-update (:func:`sgd_update`, :class:`MetaOptimizer`).
 * :mod:`testbed.params`: helpers over parameter dicts.
 
 Nothing here imports :mod:`experiments`.
 """
 
-from testbed import algorithms, optim, params
+from testbed import algorithms, baselines, optim, params
 from testbed.meta import (MetaGradient, SharpMAMLConfig, Tasks, adapt, erm_objective,
                           meta_gradient, meta_objective, sam_gradient)
 from testbed.optim import MetaOptimizer, sgd_update
@@ -22,7 +25,7 @@ from testbed.optim import MetaOptimizer, sgd_update
 __version__ = "0.1.0"
 
 __all__ = [
-    "MetaGradient", "MetaOptimizer", "SharpMAMLConfig", "Tasks", "adapt", "algorithms",
+    "MetaGradient", "MetaOptimizer", "SharpMAMLConfig", "Tasks", "adapt", "algorithms", "baselines",
     "erm_objective", "meta_gradient", "meta_objective", "optim", "params", "sam_gradient",
     "sgd_update", "__version__",
 ]

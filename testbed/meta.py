@@ -50,6 +50,15 @@ Options
     of treating them as constants (eq. 10).  This is the true gradient of the
     composite map ``theta -> L(theta_N(theta); D'_m)``, and is what code that
     builds ``eps_m`` inside a differentiable inner loop computes.
+``hvp="finite-difference"`` (HF-MAML, Fallah et al. 2020)
+    Every Hessian-vector product of eq. (10) is a central difference of two
+    gradients with step ``fd_delta`` along the unit vector; the inner loop runs
+    without a graph and the adjoint goes back through the steps by hand.
+    Error O(fd_delta^2).
+``inner_optimizer="sign"`` (Sign-MAML, Fan, Ram & Liu)
+    The fine-tuning step is ``theta_k - beta_low sign(g)``; its Jacobian is the
+    identity almost everywhere, so the meta-gradient is the query gradient at
+    the adapted point (first order by nature, not by approximation).
 ``adapt_names``
     ANIL (eq. 19): only these parameters are fine-tuned; the others enter the
     loss unchanged.  ``eps_m`` lives on the adapted parameters only.
@@ -84,6 +93,8 @@ from testbed import validate as V
 LossFn = Callable[[Mapping[str, torch.Tensor], Any], torch.Tensor]
 
 BATCHING = ("vmap", "loop")
+INNER_OPTIMIZERS = ("sgd", "sign")
+HVP_MODES = ("autograd", "finite-difference")
 
 
 class Tasks(NamedTuple):
@@ -121,6 +132,12 @@ class SharpMAMLConfig:
     swp_keep:    ESAM SWP keep probability xi in (0, 1]; None = no SWP.
     sds_fraction: ESAM SDS fraction mu in (0, 1]; None = no SDS.
                  At 1 both run their code and reduce to Sharp-MAML_low.
+    inner_optimizer: "sgd" (eq. 9) or "sign" (Sign-MAML: theta - beta sign(g),
+                 whose Jacobian is the identity almost everywhere).
+    hvp:         "autograd" (exact second order) or "finite-difference"
+                 (HF-MAML: each Hessian-vector product by a central difference
+                 of gradients with step ``fd_delta`` along the unit vector).
+    fd_delta:    the finite-difference step of ``hvp="finite-difference"``.
     task_batching: "vmap" (one vectorised call over tasks) or "loop".
     """
 
@@ -133,6 +150,9 @@ class SharpMAMLConfig:
     adapt_names: tuple[str, ...] | None = None
     swp_keep: float | None = None
     sds_fraction: float | None = None
+    inner_optimizer: str = "sgd"
+    hvp: str = "autograd"
+    fd_delta: float = 1e-4
     task_batching: str = field(default="vmap")
 
     def __post_init__(self) -> None:
@@ -145,6 +165,12 @@ class SharpMAMLConfig:
         if self.sds_fraction is not None:
             V.in_interval("sds_fraction", self.sds_fraction, 0.0, 1.0, low_open=True)
         V.one_of("task_batching", self.task_batching, BATCHING)
+        V.one_of("inner_optimizer", self.inner_optimizer, INNER_OPTIMIZERS)
+        V.one_of("hvp", self.hvp, HVP_MODES)
+        V.positive("fd_delta", self.fd_delta)
+        if self.hvp == "finite-difference" and self.differentiate_perturbations:
+            raise ValueError("hvp='finite-difference' computes eq. (10) with constant "
+                             "perturbations; it cannot differentiate_perturbations=True")
         if self.adapt_names is not None:
             if isinstance(self.adapt_names, str) or len(self.adapt_names) == 0:
                 raise ValueError(
@@ -201,7 +227,7 @@ def task(tasks: Any, m: int) -> Any:
 # the inner loop
 
 
-def _mean_loss(loss_fn: LossFn, params: Mapping[str, torch.Tensor], batch: Any,
+def mean_loss(loss_fn: LossFn, params: Mapping[str, torch.Tensor], batch: Any,
                weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     losses = loss_fn(params, batch)
     value = losses.mean() if weights is None else (losses * weights).sum()
@@ -218,12 +244,13 @@ def _top_fraction_weights(increase: torch.Tensor, fraction: float) -> torch.Tens
 
 def _inner_loop(loss_fn: LossFn, cfg: SharpMAMLConfig, params: Mapping[str, torch.Tensor],
                 support: Any, offset: Mapping[str, torch.Tensor] | None,
-                plan: dict | None, masks: dict) -> tuple[dict, dict]:
+                plan: dict | None, masks: dict, trace: list | None = None) -> tuple[dict, dict]:
     """N fine-tuning steps from ``params + offset``; returns (adapted params, plan).
 
     ``plan`` holds the per-step lower perturbations (and SDS weights).  When
     ``plan`` is None they are computed on this trajectory; otherwise the given
-    ones are reused (second pass of Sharp-MAML_up/both).
+    ones are reused (second pass of Sharp-MAML_up/both).  ``trace``, if given,
+    receives ``(full params at the gradient point, SDS weights)`` per step.
     """
     start = dict(params) if offset is None else P.add(params, offset)
     names = cfg.adapt_names or tuple(start)
@@ -234,7 +261,7 @@ def _inner_loop(loss_fn: LossFn, cfg: SharpMAMLConfig, params: Mapping[str, torc
         return {**frozen, **f}
 
     def loss_at(f, weights=None):
-        return _mean_loss(loss_fn, full(f), support, weights)
+        return mean_loss(loss_fn, full(f), support, weights)
 
     perturb = cfg.alpha_low > 0
     eps_seq, w_seq = [], []
@@ -254,8 +281,12 @@ def _inner_loop(loss_fn: LossFn, cfg: SharpMAMLConfig, params: Mapping[str, torc
             eps_m = plan["eps_m"][k]
             weights = plan["sds_w"][k] if "sds_w" in plan else None
         point = fast if eps_m is None else P.add(fast, eps_m)
+        if trace is not None:
+            trace.append((full(point), weights))
         g = grad(lambda f: loss_at(f, weights)[0])(point)
-        if cfg.first_order:
+        if cfg.inner_optimizer == "sign":   # d sign(g) / d theta = 0 almost everywhere
+            g = {k: torch.sign(v).detach() for k, v in g.items()}
+        elif cfg.first_order:
             g = P.detach(g)
         fast = P.axpy(-cfg.beta_low, g, fast)
         if eps_m is not None:
@@ -305,30 +336,79 @@ def _swp_masks(cfg: SharpMAMLConfig, params: Mapping[str, torch.Tensor], m: int,
 # the meta-objective over a batch of tasks
 
 
+def map_tasks(one: Callable, params, tasks: Tasks, plans, masks: dict, mode: str) -> Any:
+    """``one(params, support_m, query_m, plan_m, mask_m)`` for every task, outputs stacked.
+
+    ``plans`` is None (computed afresh) or stacked per task, as returned.
+    """
+    if mode == "vmap":
+        if plans is None:
+            return vmap(lambda p, s, q, mk: one(p, s, q, None, mk), in_dims=(None, 0, 0, 0))(
+                params, tasks.support, tasks.query, masks)
+        return vmap(one, in_dims=(None, 0, 0, 0, 0))(params, tasks.support, tasks.query, plans, masks)
+    outs = [one(params, task(tasks.support, m), task(tasks.query, m),
+                None if plans is None else task(plans, m), task(masks, m))
+            for m in range(num_tasks(tasks))]
+    return _stack(outs)
+
+
+def _stack(trees: list) -> Any:
+    first = trees[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(trees)
+    if isinstance(first, Mapping):
+        return {k: _stack([t[k] for t in trees]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(_stack([t[i] for t in trees]) for i in range(len(first)))
+    raise TypeError(f"cannot stack {type(first).__name__}")
+
+
 def _objective(loss_fn: LossFn, cfg: SharpMAMLConfig, params, tasks: Tasks, *,
                offset=None, plans=None, masks=None) -> tuple[torch.Tensor, Any]:
     """Mean query loss after fine-tuning; returns (value, per-task plans)."""
-    masks = masks or {}
-
     def one(p, support, query, plan, mask):
         adapted, new_plan = _inner_loop(loss_fn, cfg, p, support, offset, plan, mask)
         return loss_fn(adapted, query).mean(), new_plan
 
-    if cfg.task_batching == "vmap":
-        if plans is None:
-            f = vmap(lambda p, s, q, mk: one(p, s, q, None, mk), in_dims=(None, 0, 0, 0))
-            values, new_plans = f(params, tasks.support, tasks.query, masks)
-        else:
-            f = vmap(one, in_dims=(None, 0, 0, 0, 0))
-            values, new_plans = f(params, tasks.support, tasks.query, plans, masks)
-        return values.mean(), new_plans
-    values, new_plans = [], []
-    for m in range(num_tasks(tasks)):
-        plan = None if plans is None else plans[m]
-        v, pl = one(params, task(tasks.support, m), task(tasks.query, m), plan, task(masks, m))
-        values.append(v)
-        new_plans.append(pl)
-    return torch.stack(values).mean(), new_plans
+    values, new_plans = map_tasks(one, params, tasks, plans, masks or {}, cfg.task_batching)
+    return values.mean(), new_plans
+
+
+def _hessian_free_pass(loss_fn: LossFn, cfg: SharpMAMLConfig, params, tasks: Tasks, *,
+                       offset=None, plans=None, masks=None) -> tuple[dict, torch.Tensor, Any]:
+    """Eq. (10) with every Hessian-vector product a central difference of gradients (HF-MAML).
+
+    Per task: the inner loop runs forward without a graph, then the adjoint
+    ``a`` (over the adapted parameters) goes backward through the steps,
+    ``a <- a - beta_low H(p_k) a`` with ``H(p_k)[0; a]`` approximated by
+    ``||a|| (grad L(p_k + delta a/||a||) - grad L(p_k - delta a/||a||)) / (2 delta)``;
+    the rows of that product on the frozen parameters (ANIL) accumulate their
+    meta-gradient.  Returns (mean meta-gradient, mean query loss, plans).
+    """
+    delta = cfg.fd_delta
+
+    def one(p, support, query, plan, mask):
+        trace: list = []
+        adapted, new_plan = _inner_loop(loss_fn, cfg, P.detach(p), support, offset, plan, mask, trace)
+        g_out, value = grad_and_value(lambda q: loss_fn(q, query).mean())(P.detach(adapted))
+        names = cfg.adapt_names or tuple(p)
+        adj = {k: g_out[k] for k in names}
+        acc = {k: v for k, v in g_out.items() if k not in adj}
+        if not cfg.first_order and cfg.inner_optimizer == "sgd":
+            for point, weights in reversed(trace):
+                def full_grad(q, w=weights):
+                    return grad(lambda r: mean_loss(loss_fn, r, support, w)[0])(q)
+                norm = P.global_norm(adj)
+                unit = P.normalized(adj, 1.0)
+                plus = full_grad({**point, **P.axpy(delta, unit, {k: point[k] for k in names})})
+                minus = full_grad({**point, **P.axpy(-delta, unit, {k: point[k] for k in names})})
+                hv = {k: (plus[k] - minus[k]) * (norm / (2 * delta)) for k in point}
+                adj = {k: adj[k] - cfg.beta_low * hv[k] for k in adj}
+                acc = {k: acc[k] - cfg.beta_low * hv[k] for k in acc}
+        return {k: {**acc, **adj}[k] for k in p}, value, new_plan
+
+    grads, values, new_plans = map_tasks(one, params, tasks, plans, masks or {}, cfg.task_batching)
+    return {k: v.mean(0) for k, v in grads.items()}, values.mean(), new_plans
 
 
 def meta_objective(loss_fn: LossFn, params: Mapping[str, torch.Tensor], tasks: Tasks,
@@ -356,6 +436,15 @@ def meta_gradient(loss_fn: LossFn, params: Mapping[str, torch.Tensor], tasks: Ta
     """
     params = dict(params)
     masks = _swp_masks(cfg, params, num_tasks(tasks), generator)
+
+    if cfg.hvp == "finite-difference":
+        h, value, plans = _hessian_free_pass(loss_fn, cfg, params, tasks, masks=masks)
+        if cfg.alpha_up == 0:
+            return MetaGradient(h, value, None)
+        eps = P.normalized(h, cfg.alpha_up)
+        g, value, _ = _hessian_free_pass(loss_fn, cfg, params, tasks, offset=eps, plans=plans,
+                                         masks=masks)
+        return MetaGradient(g, value, eps)
 
     def first_pass(p):
         return _objective(loss_fn, cfg, p, tasks, masks=masks)

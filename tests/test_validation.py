@@ -34,8 +34,13 @@ def test_config_rejects_bad_hyper_parameters_with_the_value_named(kwargs, fragme
     ("sharp-both", {"alpha_low": 0.0}, "sharp-both needs alpha_low > 0, got alpha_low=0.0"),
     ("anil", {}, "pass head_names"),
     ("maml", {"swp_keep": 0.5}, "apply to esharp and esharp-anil only"),
-    ("maml", {"sam_alpha": 0.1}, "sam_alpha applies to the 'sam' algorithm only"),
-    ("reptile", {}, "algorithm must be one of"),
+    ("maml", {"sam_alpha": 0.1}, "sam_alpha=0.1 applies to sam only, not maml"),
+    ("maml", {"fd_delta": 1e-3}, "fd_delta=0.001 applies to hf-maml only, not maml"),
+    ("hf-maml", {"fd_delta": -1e-3}, "fd_delta must be > 0, got -0.001"),
+    ("imaml", {"cg_steps": 0}, "cg_steps must be >= 1, got 0"),
+    ("imaml", {"imaml_lambda": 0.0}, "imaml_lambda must be > 0, got 0.0"),
+    ("sharp-low", {"rho1": 0.1}, "rho1=0.1 applies to agnostic-sam only"),
+    ("protonet", {}, "algorithm must be one of"),
     ("sam", {"sam_alpha": -1.0}, "sam_alpha must be >= 0, got -1.0"),
 ])
 def test_named_algorithms_reject_contradictory_settings(name, kwargs, fragment):
