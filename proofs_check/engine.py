@@ -1,0 +1,153 @@
+"""Checking one transcribed step: screening search, sympy certificate, then full search.
+
+``check_step(step, budget)`` returns a frozen :class:`~proofs_check.spec.StepResult` whose
+verdict is one of
+
+* ``verified``: sympy produced a certificate (see :mod:`proofs_check.symbolic`) and a short
+  screening search (256 seeded draws, confirmed in mpmath) found nothing against it;
+* ``no counterexample found``: no certificate, and the search of :mod:`proofs_check.search`
+  under ``budget`` (recorded, with the searched region) found no violation; the worst point
+  is reported;
+* ``false``: a violation confirmed in mpmath at two precisions, simplified, with both sides;
+* ``not transcribable``: the step carries a reason instead of a relation (or is written with
+  abstract functions/integrals that only sympy can decide, and sympy could not).
+
+Order: polynomial identities are decided exactly by sympy first; everything else gets the
+screening search first, so that a false step never waits for a hopeless certificate.
+A check never asserts and never edits the step.  Results are deterministic: the draws are
+seeded from ``Budget.seed`` and the step id, hypothesis is derandomised without a database,
+and the symbolic attempts are bounded by expression size, not by the clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Mapping
+
+import mpmath
+import numpy as np
+import sympy as sp
+from sympy.core.function import AppliedUndef
+
+from .search import compile_step, search, search_array
+from .spec import FALSE, NO_COUNTEREXAMPLE, NOT_TRANSCRIBABLE, QUICK, VERIFIED, ArrayForm, Budget, Step, StepResult
+from .symbolic import polynomial_identity, prove
+
+SCREEN = Budget("screen", hypothesis_examples=0, sweep_points=256, optimizer_starts=0,
+                optimizer_evals=0, mp_fallback_points=16, array_points=0, confirmations=16)
+
+
+def claim(id: str, location: str, lhs, relation: str, rhs, variables=(), assumptions=(),
+          note: str = "", constraints=(), try_symbolic: bool = True) -> Step:
+    """A step ``lhs <relation> rhs`` for every point of the box ``variables``."""
+    return Step(id=id, location=location, relation=relation, lhs=lhs, rhs=rhs,
+                variables=tuple(variables), assumptions=tuple(assumptions), note=note,
+                constraints=tuple(constraints), try_symbolic=try_symbolic)
+
+
+def array_claim(id: str, location: str, relation: str, form: ArrayForm, assumptions=(),
+                note: str = "") -> Step:
+    """A step about vectors/matrices in R^d, searched numerically (see ``ArrayForm``)."""
+    return Step(id=id, location=location, relation=relation, array_form=form,
+                assumptions=tuple(assumptions), note=note)
+
+
+def untranscribable(id: str, location: str, reason: str, note: str = "") -> Step:
+    """A step that is not a checkable relation, with the reason."""
+    return Step(id=id, location=location, not_transcribable=reason, note=note)
+
+
+def _result(step: Step, verdict: str, method: str, budget: str, outcome=None, detail: str = "") -> StepResult:
+    return StepResult(
+        step_id=step.id,
+        location=step.location,
+        relation=step.relation,
+        verdict=verdict,
+        method=method,
+        budget=budget,
+        evaluations=0 if outcome is None else outcome.evaluations,
+        region=() if outcome is None else outcome.region,
+        worst=None if outcome is None else outcome.worst,
+        counterexample=None if outcome is None else outcome.counterexample,
+        detail=detail or step.note,
+        notes=step.assumptions,
+    )
+
+
+_SYMBOLIC_ONLY = (AppliedUndef, sp.Derivative, sp.Subs, sp.Integral, sp.Sum)
+
+
+def _symbolic_only(step: Step) -> bool:
+    """Abstract functions cannot be evaluated; quadrature/series are no reliable oracle at the
+    extremes of a box (a Gaussian of width 1e-7 defeats mpmath.quad), so such steps are
+    decided by sympy alone."""
+    return any(side.atoms(*_SYMBOLIC_ONLY) for side in (step.lhs, step.rhs))
+
+
+def _coverage_note(outcome) -> str:
+    parts = []
+    if outcome.undefined:
+        parts.append(f"{outcome.undefined} draws undefined (complex/nan even in mpmath)")
+    if outcome.skipped:
+        parts.append(f"{outcome.skipped} draws overflowed float64 past the mpmath fallback cap")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def check_step(step: Step, budget: Budget = QUICK) -> StepResult:
+    """Verdict on ``step`` under ``budget`` (see the module docstring)."""
+    if step.not_transcribable is not None:
+        return _result(step, NOT_TRANSCRIBABLE, "none", budget.name, detail=step.not_transcribable)
+    if step.array_form is not None:
+        outcome = search_array(step, budget)
+        verdict = FALSE if outcome.counterexample is not None else NO_COUNTEREXAMPLE
+        return _result(step, verdict, "search: random R^d draws + Nelder-Mead (float64)", budget.name, outcome)
+    if _symbolic_only(step):
+        certificate = prove(step)
+        if certificate is not None:
+            return _result(step, VERIFIED, certificate + " (symbolic-only step: no numerical cross-check)",
+                           budget.name)
+        return _result(step, NOT_TRANSCRIBABLE, "none", budget.name,
+                       detail="written with abstract functions, integrals or series, which the numerical "
+                              "search does not evaluate, and sympy found no certificate")
+    decided = polynomial_identity(step)  # exact sparse polynomial arithmetic, either way
+    if decided:
+        return _result(step, VERIFIED, "sympy: polynomial arithmetic of lhs - rhs is 0", budget.name)
+    compiled = compile_step(step, budget.mp_dps)
+    screen = search(step, replace(SCREEN, mp_dps=budget.mp_dps), compiled)
+    # a false step is usually caught by the screen, before any hopeless certificate attempt;
+    # a certificate is only accepted when the screen (its cross-check) found nothing against it
+    certificate = None if decided is False or screen.counterexample is not None else prove(step)
+    if certificate is not None:
+        return _result(step, VERIFIED, certificate, budget.name, screen)
+    outcome = search(step, budget, compiled)
+    method = "search: seeded sweep + hypothesis.find + Nelder-Mead, confirmed in mpmath" + _coverage_note(outcome)
+    verdict = FALSE if outcome.counterexample is not None else NO_COUNTEREXAMPLE
+    return _result(step, verdict, method, budget.name, outcome)
+
+
+def evaluate_step(step: Step, point: Mapping[str, object], dps: int = 60):
+    """Both sides of a scalar/matrix step at ``point`` (name -> number or decimal string).
+
+    Returns ``(lhs_entries, rhs_entries, in_domain, violated)`` computed in mpmath with ``dps``
+    digits, the same test the search uses to confirm a counterexample.
+    """
+    if step.array_form is not None or step.not_transcribable is not None:
+        raise ValueError(f"{step.id}: evaluate_step needs a sympy step")
+    compiled = compile_step(step, dps)
+    with mpmath.workdps(dps):
+        values = [mpmath.mpf(str(point[v.name])) for v in step.variables]
+        sides = compiled.sides_at(values)
+        if sides is None:
+            raise ValueError(f"{step.id}: sides undefined at {dict(point)}")
+        return sides[0], sides[1], compiled.in_domain(values), compiled.violates(values)
+
+
+def evaluate_array_step(step: Step, d: int, z) -> tuple[float, float]:
+    """Both sides of an ArrayForm step for latent vector ``z`` in dimension ``d``."""
+    if step.array_form is None:
+        raise ValueError(f"{step.id}: not an ArrayForm step")
+    arrays = step.array_form.build(np.asarray(z, dtype=float), d)
+    return float(step.array_form.lhs(arrays)), float(step.array_form.rhs(arrays))
+
+
+__all__ = ["claim", "array_claim", "untranscribable", "check_step", "evaluate_step", "evaluate_array_step"]
