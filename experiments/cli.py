@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     __import__("experiments.fewshot.commands", fromlist=["register"]).register(sub)
     from experiments.claims.commands import register as register_verify
+    from experiments.claims.commands import register_proofs
     register_verify(sub)
+    register_proofs(sub)
     from experiments.bench.commands import register as register_bench
     register_bench(sub)
     return parser

@@ -8,6 +8,8 @@ Public API:
   gradient, Hessian and third derivative in closed form and global constants.
 * :class:`DoubleWellFamily`: tilted, coupled double wells (many stationary
   points; Lemma 1), constants on a box ``||theta||_inf <= R``.
+* :class:`KernelTaskFamily`: bounded Gaussian-kernel loss on Gaussian data, exact
+  population loss, one-GD-step stability (:mod:`synthetic.kernel_tasks`).
 * :class:`Constants`: the constants of Assumption 1 and their domain.
 * :mod:`synthetic.closed_form`: Sharp-MAML meta-gradients built from a
   family's explicit derivatives (the oracle the autograd core is tested on).
@@ -16,7 +18,8 @@ Public API:
 
 from synthetic.base import Constants
 from synthetic.double_well import DoubleWellFamily
+from synthetic.kernel_tasks import KernelTaskFamily
 from synthetic.quadratic import QuadraticFamily
 from synthetic.tanh_regression import TanhRegressionFamily
 
-__all__ = ["Constants", "DoubleWellFamily", "QuadraticFamily", "TanhRegressionFamily"]
+__all__ = ["Constants", "DoubleWellFamily", "KernelTaskFamily", "QuadraticFamily", "TanhRegressionFamily"]

@@ -140,3 +140,28 @@ def test_cli_lists_claims_and_rejects_unknown_ids(capsys):
     assert main(["verify", "--only", "lemma99"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "lemma99" in err[0]
+
+
+def test_proof_steps_are_registry_entries_and_the_false_ones_fail(quick_run):
+    from proofs_check import all_steps
+    _, report = quick_run
+    transcribable = [s.id for s in all_steps() if s.not_transcribable is None]
+    assert set(transcribable) <= set(report["claims"])
+    assert report["claims"]["proof.d1.step8"]["verdict"] == "fails"
+    assert report["claims"]["proof.d1.step8"]["counterexample"]["lhs"]
+    assert report["claims"]["proof.lemma3.step10"]["verdict"] == "holds"
+
+
+def test_prefetched_proof_steps_equal_inline_ones():
+    from experiments.claims import proofs
+    from experiments.claims.registry import finish, start
+    ids = ["proof.d1.step8", "proof.lemma2.step1"]
+    inline = [proofs.check_proof_step(Context(quick=True), i) for i in ids]
+    ctx = Context(quick=True)
+    start([REGISTRY[i] for i in ids], ctx)
+    try:
+        assert "proof_results" in ctx.memo
+        fetched = [proofs.check_proof_step(ctx, i) for i in ids]
+    finally:
+        finish(ctx)
+    assert [(r.verdict, r.summary) for r in inline] == [(r.verdict, r.summary) for r in fetched]

@@ -9,10 +9,11 @@ Public API:
 * :func:`verify`: run a selection and write ``report.json``/``report.md``/PNGs.
 * Claim modules: :mod:`.lemma1` (Lemma 1), :mod:`.constants` (eq. 30,
   Lemmas 2-5 constants and bounds), :mod:`.rates` (Theorem 1 rates, outside
-  its conditions, multi-step).
+  its conditions, multi-step), :mod:`.proofs` (every proof step of
+  :mod:`proofs_check` as ``proof.*``).
 """
 
-from experiments.claims import constants, lemma1, rates  # noqa: F401  (registration)
+from experiments.claims import constants, lemma1, pacbayes, proofs, rates  # noqa: F401  (registration)
 from experiments.claims.registry import (REGISTRY, Claim, ClaimResult, Context, register,
                                          run_claims, select)
 from experiments.claims.verify import verify

@@ -74,6 +74,7 @@ class Context:
     seed: int = 0
     out_dir: Path | None = None
     memo: dict[str, Any] = field(default_factory=dict)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     def shared(self, key: str, compute: Callable[[], Any]) -> Any:
         """Compute ``key`` once per run and share it between claims."""
@@ -100,6 +101,13 @@ class Claim:
 
 
 REGISTRY: dict[str, Claim] = {}
+PREFETCHERS: list[Callable[[Context, list[str]], None]] = []
+"""Called with the selected claim ids before a run; may start work in the background
+(registering a cleanup in ``ctx.cleanups``)."""
+
+
+def register_prefetch(fn: Callable[[Context, list[str]], None]) -> None:
+    PREFETCHERS.append(fn)
 
 
 def register(id: str, reference: str, statement: str):
@@ -136,17 +144,29 @@ def select(only: Iterable[str] | None = None) -> list[Claim]:
     return chosen
 
 
-def run_claims(claims: list[Claim], ctx: Context,
-               progress: Callable[[int, int, str], None] | None = None) -> list[ClaimResult]:
+def start(claims: list[Claim], ctx: Context) -> None:
+    """Give every prefetcher the selected ids (background work they may start)."""
+    ids = [c.id for c in claims]
+    for fn in PREFETCHERS:
+        fn(ctx, ids)
+
+
+def finish(ctx: Context) -> None:
+    while ctx.cleanups:
+        ctx.cleanups.pop()()
+
+
+def run_claims(claims: list[Claim], ctx: Context) -> list[ClaimResult]:
+    """Check ``claims`` in order (no report; see :func:`experiments.claims.verify`)."""
+    start(claims, ctx)
     out = []
-    for i, c in enumerate(claims):
-        if progress:
-            progress(i, len(claims), c.id)
-        start = time.perf_counter()
-        result = c.check(ctx)
-        out.append(replace(result, id=c.id, seconds=time.perf_counter() - start))
-    if progress:
-        progress(len(claims), len(claims), "done")
+    try:
+        for c in claims:
+            t = time.perf_counter()
+            result = c.check(ctx)
+            out.append(replace(result, id=c.id, seconds=time.perf_counter() - t))
+    finally:
+        finish(ctx)
     return out
 
 

@@ -120,7 +120,7 @@ def markdown(report: dict) -> str:
         f"- seed {report['seed']}, {'quick' if report['quick'] else 'full'} budget, "
         f"runtime {report['runtime_seconds']:.1f} s, started {report['started']}"
         + ("" if report["complete"] else " (**interrupted: partial report**)"),
-        f"- verdicts: " + ", ".join(f"{k}: {v}" for k, v in report["counts"].items()), "",
+        "- verdicts: " + ", ".join(f"{k}: {v}" for k, v in report["counts"].items()), "",
         "| claim | paper | verdict | what was measured |", "|---|---|---|---|"]
     for cid, e in report["claims"].items():
         verdict = e["verdict"] if e["verdict"] != "holds only under" else f"holds only under: {e['condition']}"

@@ -9,7 +9,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from experiments.claims import report
+from experiments.claims import registry, report
 from experiments.claims.registry import ClaimResult, Context, select
 
 
@@ -43,6 +43,7 @@ def verify(out_dir: Path, *, quick: bool = True, only: Sequence[str] | None = No
     results: list[ClaimResult] = []
     start = time.perf_counter()
     complete = False
+    registry.start(claims, ctx)
     try:
         for i, claim in enumerate(claims):
             if progress:
@@ -56,6 +57,7 @@ def verify(out_dir: Path, *, quick: bool = True, only: Sequence[str] | None = No
                                                       time.perf_counter() - start, False))
         complete = True
     finally:
+        registry.finish(ctx)
         final = report.build_report(info, claims, results, time.perf_counter() - start, complete)
         report.write(out_dir, final)
     return final
