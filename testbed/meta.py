@@ -268,14 +268,22 @@ def _inner_loop(loss_fn: LossFn, cfg: SharpMAMLConfig, params: Mapping[str, torc
     for k in range(cfg.inner_steps):
         eps_m, weights = None, None
         if perturb and plan is None:
-            g, losses0 = grad(loss_at, has_aux=True)(fast)
-            if not cfg.differentiate_perturbations:
-                g = P.detach(g)
+            # With constant perturbations (eq. 10) eps_m is computed on detached inputs, so the
+            # outer differentiation records none of this work.
+            const = not cfg.differentiate_perturbations
+            at = P.detach(fast) if const else fast
+            if const:
+                g, losses0 = grad(lambda f: mean_loss(loss_fn, {**P.detach(frozen), **f}, support),
+                                  has_aux=True)(at)
+            else:
+                g, losses0 = grad(loss_at, has_aux=True)(at)
             eps_m = P.normalized(g, cfg.alpha_low)
             if masks:
                 eps_m = {n: e * masks[n][k] for n, e in eps_m.items()}
             if cfg.sds_fraction is not None:
-                losses1 = loss_fn(full(P.add(fast, eps_m)), support).detach()
+                with torch.no_grad():
+                    shifted = {**P.detach(frozen), **P.detach(P.add(fast, eps_m))}
+                    losses1 = loss_fn(shifted, support).detach()
                 weights = _top_fraction_weights(losses1 - losses0, cfg.sds_fraction)
         elif perturb:
             eps_m = plan["eps_m"][k]
