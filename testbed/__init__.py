@@ -11,13 +11,16 @@ Public API:
   gradients) and Agnostic-SAM (our reading of its outline).
 * :mod:`testbed.algorithms`: every algorithm by name (:func:`algorithms.make`),
   including HF-MAML (finite-difference Hessian-vector products) and Sign-MAML.
+* :mod:`testbed.hypergrad`: hypergradients of a bilevel problem (the
+  shared-embedding problem of Liang's slides): ITD, AID (CG or Neumann) and
+  the ES-based Jacobian estimator.
 * :mod:`testbed.optim`: the meta-update (:func:`sgd_update`, :class:`MetaOptimizer`).
 * :mod:`testbed.params`: helpers over parameter dicts.
 
 Nothing here imports :mod:`experiments`.
 """
 
-from testbed import algorithms, baselines, optim, params
+from testbed import algorithms, baselines, hypergrad, optim, params
 from testbed.meta import (MetaGradient, SharpMAMLConfig, Tasks, adapt, erm_objective,
                           meta_gradient, meta_objective, sam_gradient)
 from testbed.optim import MetaOptimizer, sgd_update
@@ -26,6 +29,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MetaGradient", "MetaOptimizer", "SharpMAMLConfig", "Tasks", "adapt", "algorithms", "baselines",
-    "erm_objective", "meta_gradient", "meta_objective", "optim", "params", "sam_gradient",
+    "erm_objective", "hypergrad", "meta_gradient", "meta_objective", "optim", "params", "sam_gradient",
     "sgd_update", "__version__",
 ]

@@ -10,10 +10,12 @@ Public API:
 * Claim modules: :mod:`.lemma1` (Lemma 1), :mod:`.constants` (eq. 30,
   Lemmas 2-5 constants and bounds), :mod:`.rates` (Theorem 1 rates, outside
   its conditions, multi-step), :mod:`.proofs` (every proof step of
-  :mod:`proofs_check` as ``proof.*``).
+  :mod:`proofs_check` as ``proof.*``), :mod:`.pacbayes` (Theorems 2-3,
+  Lemma 6, D.1, D.2: the bound against the radius), :mod:`.family` (Fallah et
+  al., Mishchenko et al., Ji-Yang-Liang, ANIL, hypergradients).
 """
 
-from experiments.claims import constants, lemma1, pacbayes, proofs, rates  # noqa: F401  (registration)
+from experiments.claims import constants, family, lemma1, pacbayes, proofs, rates  # noqa: F401  (registration)
 from experiments.claims.registry import (REGISTRY, Claim, ClaimResult, Context, register,
                                          run_claims, select)
 from experiments.claims.verify import verify
