@@ -1,0 +1,164 @@
+"""Meta-training: every algorithm runs, exact resume after kill -9, NaN stops the run, files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.cli import main
+from experiments.fewshot.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from experiments.fewshot.config import TrainConfig
+from experiments.fewshot.model import cross_entropy_loss
+from experiments.fewshot.toy import write_toy_folder
+from experiments.fewshot.train import LOG_NAME, RESULTS_NAME, NonFiniteError, run
+from testbed.algorithms import NAMES
+
+KILL_POLL_S = 0.005
+"""How often the kill test looks for the first checkpoint."""
+STARTUP_TIMEOUT_S = 120
+"""Longest wait for the first checkpoint of the subprocess (interpreter start included)."""
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> str:
+    return "folder:" + str(write_toy_folder(tmp_path_factory.mktemp("toy"), classes=6, per_class=5, size=16))
+
+
+def _tiny(toy: str, out: Path, **changes) -> TrainConfig:
+    base = TrainConfig(source=toy, ways=3, shots=1, queries=2, hidden=4, meta_batch=2, iterations=2,
+                       inner_steps=1, eval_episodes=4, eval_inner_steps=2, checkpoint_every=1,
+                       log_every=1, threads=1, task_batching="vmap", out=str(out))
+    return replace(base, **changes)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_algorithm_trains_two_iterations_on_a_tiny_folder(name, toy, tmp_path):
+    result = run(_tiny(toy, tmp_path, algorithm=name), progress=None)
+    assert result.iterations == 2 and result.test is not None
+    assert 0.0 <= result.test.accuracy <= 1.0 and torch.isfinite(torch.tensor(result.final_loss))
+    payload = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert payload["iteration"] == 2 and payload["config"]["algorithm"] == name
+    assert all(v.dtype == torch.float32 for v in payload["params"].values())
+
+
+def test_files_of_a_run(toy, tmp_path):
+    config = _tiny(toy, tmp_path, iterations=4, log_every=2, checkpoint_every=3)
+    run(config, progress=None)
+    lines = [json.loads(line) for line in (tmp_path / LOG_NAME).read_text().splitlines()]
+    assert [line["iteration"] for line in lines] == [2, 4]
+    assert {"loss", "train_accuracy", "it_per_s"} <= set(lines[0])
+    results = json.loads((tmp_path / RESULTS_NAME).read_text())
+    assert results["config"] == config.to_dict() and results["iterations"] == 4
+    assert {"device", "torch", "git_commit"} <= set(results["environment"])
+    payload = load_checkpoint(tmp_path)
+    assert payload["iteration"] == 4 and payload["image_shape"] == [1, 16, 16]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_second_run_into_the_same_directory_needs_resume(toy, tmp_path):
+    run(_tiny(toy, tmp_path), progress=None)
+    with pytest.raises(ValueError, match="exists: pass resume"):
+        run(_tiny(toy, tmp_path), progress=None)
+
+
+def test_resume_refuses_changed_training_settings(toy, tmp_path):
+    run(_tiny(toy, tmp_path), progress=None)
+    with pytest.raises(ValueError, match=r"meta_lr: 0.001 -> 0.01"):
+        run(_tiny(toy, tmp_path, iterations=3, meta_lr=0.01), resume=True, progress=None)
+
+
+def test_resume_in_process_extends_a_finished_run_exactly(toy, tmp_path):
+    whole = run(_tiny(toy, tmp_path / "whole", iterations=6, eval_episodes=0), progress=None)
+    run(_tiny(toy, tmp_path / "parts", iterations=3, eval_episodes=0), progress=None)
+    run(_tiny(toy, tmp_path / "parts", iterations=6, eval_episodes=0), resume=True, progress=None)
+    a, b = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "parts")
+    assert whole.iterations == 6
+    assert all(torch.equal(a["params"][k], b["params"][k]) for k in a["params"])
+
+
+def _argv(toy: str, out: Path, iterations: int, *extra: str) -> list[str]:
+    """``testbed train`` arguments of the kill/resume runs (esharp: SWP masks need re-deriving)."""
+    return ["train", "--source", toy, "--ways", "3", "--shots", "1", "--queries", "2", "--hidden", "4",
+            "--meta-batch", "2", "--iterations", str(iterations), "--checkpoint-every", "10",
+            "--log-every", "5", "--algorithm", "esharp", "--eval-episodes", "0", "--threads", "1",
+            "--task-batching", "vmap", "--out", str(out), "--quiet", *extra]
+
+
+def test_kill_9_after_a_checkpoint_then_resume_gives_bit_identical_parameters(toy, tmp_path):
+    """Uninterrupted run vs. a subprocess killed with SIGKILL after its first checkpoint, resumed.
+
+    esharp draws SWP masks: resume must re-derive them from (seed, iteration).
+    """
+    iterations = 60
+    assert main(_argv(toy, tmp_path / "whole", iterations)) == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", *_argv(toy, killed, iterations)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not (killed / CHECKPOINT_NAME).exists():
+        assert proc.poll() is None, "the run ended before writing a checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within the time limit"
+        time.sleep(KILL_POLL_S)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    stopped_at = load_checkpoint(killed)["iteration"]
+    assert 0 < stopped_at < iterations, "the kill must land mid-run"
+
+    assert main(_argv(toy, killed, iterations, "--resume")) == 0
+    a, b = load_checkpoint(tmp_path / "whole"), load_checkpoint(killed)
+    assert b["iteration"] == iterations
+    assert all(torch.equal(a["params"][k], b["params"][k]) for k in a["params"])
+    assert all(torch.equal(a["optimizer"]["state"][i]["exp_avg"], b["optimizer"]["state"][i]["exp_avg"])
+               for i in a["optimizer"]["state"])
+    logged = [json.loads(line)["iteration"] for line in (killed / LOG_NAME).read_text().splitlines()]
+    assert logged == list(range(5, iterations + 1, 5))  # no line lost or repeated
+
+
+def test_a_nan_loss_stops_the_run_naming_the_iteration_and_the_last_checkpoint(toy, tmp_path):
+    calls = {"n": 0}
+
+    def poisoned(params, batch):
+        calls["n"] += 1
+        losses = cross_entropy_loss(params, batch)
+        return losses * float("nan") if calls["n"] > 8 else losses
+
+    config = _tiny(toy, tmp_path, iterations=10, checkpoint_every=2, algorithm="maml", task_batching="loop")
+    # maml with the loop calls the loss 2 * meta_batch = 4 times per iteration: iteration 2 is the first NaN
+    with pytest.raises(NonFiniteError) as error:
+        run(config, progress=None, loss_fn=poisoned)
+    message = str(error.value)
+    assert "at iteration 2" in message and f"{tmp_path / CHECKPOINT_NAME} (iteration 2)" in message
+    assert load_checkpoint(tmp_path)["iteration"] == 2
+
+
+def test_a_nan_before_any_checkpoint_says_none_was_written(toy, tmp_path):
+    def nan_loss(params, batch):
+        return cross_entropy_loss(params, batch) * float("nan")
+
+    with pytest.raises(NonFiniteError, match="at iteration 0 .*none written yet"):
+        run(_tiny(toy, tmp_path), progress=None, loss_fn=nan_loss)
+
+
+def test_a_diverging_learning_rate_exits_2_from_the_command_line(toy, tmp_path, capsys):
+    argv = _argv(toy, tmp_path, 20, "--beta-low", "1e30")
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "non-finite" in lines[0] and "iteration 0" in lines[0]
