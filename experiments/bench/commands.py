@@ -15,22 +15,83 @@ def register(sub) -> None:
         description="Benchmarks that print measured times and ratios. Suites: 'synthetic' runs "
                     "the claim registry's batched rate sweep against per-run loops doing the "
                     "same work (closed form one run at a time, and the torch.func core one run "
-                    "and one iteration at a time), after checking that all three agree.")
-    p.add_argument("suite", choices=("synthetic",), help="which benchmark")
+                    "and one iteration at a time), after checking that all three agree. "
+                    "'fewshot' times Conv-4 meta-gradients: the core (vmap and loop) against a "
+                    "plain autograd loop and a 'higher' loop (pip install '.[bench]'), after "
+                    "checking they agree, and every Sharp variant against MAML with its FLOP "
+                    "ratio and the paper's Table 3 ratio.")
+    p.add_argument("suite", choices=("synthetic", "fewshot"), help="which benchmark")
     p.add_argument("--family", choices=("quadratic", "tanh"), default="quadratic",
                    help="task family of the sweep (default %(default)s)")
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds per setting (default %(default)s)")
     p.add_argument("--max-horizon", type=positive_int, default=200,
                    help="longest horizon T; the sweep uses T/4, T/2, T (default %(default)s)")
-    p.add_argument("--out", type=Path, help="also write bench_synthetic.json and .md here")
+    p.add_argument("--setting", choices=("omniglot-20w1s", "miniimagenet-5w1s", "all"),
+                   default="all", help="fewshot: input shapes and meta-batch (default %(default)s)")
+    p.add_argument("--scale", choices=("paper", "small"), default="paper",
+                   help="fewshot: the paper's sizes, or 2 tasks, 2 queries, 8 filters, 2 inner "
+                        "steps (default %(default)s)")
+    p.add_argument("--device", default="cpu", help="fewshot: torch device, cpu or cuda (default %(default)s)")
+    p.add_argument("--repeats", type=positive_int, default=3,
+                   help="fewshot: timed runs per measurement, median reported (default %(default)s)")
+    p.add_argument("--out", type=Path, help="also write bench_<suite>.json and .md here")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    return _fewshot(args) if args.suite == "fewshot" else _synthetic(args)
+
+
+def _meta(command: str) -> dict:
+    import platform
+
+    import torch
+
+    from experiments.claims.report import git_commit
+    return {"command": command, "git_commit": git_commit(), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def _write(out: Path | None, suite: str, meta: dict, body: dict, table: str) -> None:
+    if out is None:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"bench_{suite}.json").write_text(json.dumps({**meta, **body}, indent=1))
+    (out / f"bench_{suite}.md").write_text(
+        f"`{meta['command']}` at commit `{meta['git_commit']}`, torch {meta['torch']}, "
+        f"device {meta['device']}\n\n{table}\n")
+
+
+def _fewshot(args: argparse.Namespace) -> int:
+    import torch
+
+    from experiments.bench import fewshot
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA device is available")
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        raise ValueError(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    names = list(fewshot.SETTINGS) if args.setting == "all" else [args.setting]
+    tables, bodies = [], {}
+    for name in names:
+        setting = fewshot.SETTINGS[name]
+        if args.scale == "small":
+            setting = fewshot.small(setting)
+        result = fewshot.run(setting, args.device, args.repeats)
+        tables.append(fewshot.format_table(result))
+        bodies[setting.name] = result.to_dict()
+        print(tables[-1] + "\n", flush=True)
+    device = args.device if args.device == "cpu" else torch.cuda.get_device_name(args.device)
+    meta = {**_meta(f"testbed bench fewshot --setting {args.setting} --scale {args.scale} "
+                    f"--device {args.device} --repeats {args.repeats}"), "device": device}
+    _write(args.out, "fewshot", meta, {"results": bodies}, "\n\n".join(tables))
+    return 0
+
+
+def _synthetic(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from experiments.bench import synthetic
-    from experiments.claims.report import git_commit
 
     T = args.max_horizon
     if T < 4:
@@ -40,13 +101,7 @@ def _run(args: argparse.Namespace) -> int:
     result = synthetic.run(spec)
     table = synthetic.format_table(result)
     print(table)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        import torch
-        meta = {"command": f"testbed bench synthetic --family {args.family} --seeds {args.seeds} "
-                           f"--max-horizon {T}", "git_commit": git_commit(), "torch": torch.__version__,
-                "device": "cpu"}
-        (args.out / "bench_synthetic.json").write_text(json.dumps({**meta, **result.to_dict()}, indent=1))
-        (args.out / "bench_synthetic.md").write_text(
-            f"`{meta['command']}` at commit `{meta['git_commit']}`, torch {meta['torch']}, CPU\n\n{table}\n")
+    meta = {**_meta(f"testbed bench synthetic --family {args.family} --seeds {args.seeds} "
+                    f"--max-horizon {T}"), "device": "cpu"}
+    _write(args.out, "synthetic", meta, result.to_dict(), table)
     return 0

@@ -1,0 +1,271 @@
+"""``testbed bench fewshot``: Conv-4 meta-iterations, this project against the usual code.
+
+On the same random data of a setting's shapes (Omniglot 20-way 1-shot 28x28,
+or mini-ImageNet-sized 5-way 1-shot 84x84, with the paper's inner steps and
+meta-batch), in one process:
+
+1. MAML's meta-gradient from this project's core (``vmap`` over tasks and a
+   per-task loop) against references written the way people write MAML today:
+   a per-task loop with ``torch.autograd.grad(create_graph=True)`` and a
+   per-task loop with the ``higher`` library (optional extra ``bench``).
+   All must agree (relative error of the meta-gradient) before any time is
+   reported.
+2. Every Sharp variant's time per meta-gradient over MAML's, next to its
+   operation-count ratio (FLOPs counted by ``torch.utils.flop_counter``) and
+   the ratio the paper's Table 3 reports.
+3. Peak memory per variant (CUDA only).
+
+Times are medians over ``repeats`` runs after one warm-up.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from experiments.fewshot.model import HEAD_NAMES, conv4_forward, cross_entropy_loss, init_conv4
+from testbed import Tasks, algorithms
+from testbed import validate as V
+
+PAPER_TABLE3 = {"maml": 1.0, "sharp-low": 2.6, "sharp-up": 3.6, "sharp-both": 4.6,
+                "sharp-anil": 1.4, "esharp": 2.2, "esharp-anil": 1.2}
+"""Execution time over MAML's, Abbas et al. 2022, Table 3 (mini-ImageNet 5-way 1-shot)."""
+TARGETS = {"sharp-low": 1.6, "sharp-up": 2.1, "sharp-both": 2.8, "sharp-anil": 1.2, "esharp": 1.4}
+"""The overheads this project aims for (issue: performance)."""
+VARIANTS = ("maml", "sharp-low", "sharp-up", "sharp-both", "anil", "sharp-anil", "esharp",
+            "esharp-anil")
+AGREEMENT = 1e-3
+"""Relative error allowed between implementations' meta-gradients in float32."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    ways: int
+    shots: int
+    queries: int
+    image_size: int
+    channels: int
+    inner_steps: int
+    meta_batch: int
+    beta_low: float
+    hidden: int = 64
+
+
+SETTINGS = {
+    # MAML / Sharp-MAML Omniglot 20-way: 5 inner steps, meta-batch 16, inner lr 0.1
+    "omniglot-20w1s": Setting("omniglot-20w1s", 20, 1, 15, 28, 1, 5, 16, 0.1),
+    # mini-ImageNet 5-way 1-shot: 5 inner steps, meta-batch 4, inner lr 0.01, 15 queries
+    "miniimagenet-5w1s": Setting("miniimagenet-5w1s", 5, 1, 15, 84, 3, 5, 4, 0.01),
+}
+
+
+def small(setting: Setting) -> Setting:
+    """A scaled-down copy (fewer tasks, queries and filters) for quick runs and tests."""
+    return replace(setting, name=setting.name + "-small", meta_batch=2, queries=2, hidden=8,
+                   inner_steps=2)
+
+
+def make_problem(setting: Setting, device: str = "cpu", dtype=torch.float32, seed: int = 0):
+    """Conv-4 parameters and one meta-batch of random images of the setting's shapes."""
+    g = torch.Generator().manual_seed(seed)
+    params = init_conv4(setting.ways, setting.channels, setting.image_size, setting.hidden,
+                        generator=g, dtype=dtype)
+
+    def batch(per_class):
+        n = setting.ways * per_class
+        x = torch.randn(setting.meta_batch, n, setting.channels, setting.image_size,
+                        setting.image_size, generator=g, dtype=dtype)
+        y = torch.arange(setting.ways).repeat_interleave(per_class).expand(setting.meta_batch, n)
+        return {"x": x.to(device), "y": y.contiguous().to(device)}
+
+    params = {k: v.to(device) for k, v in params.items()}
+    return params, Tasks(batch(setting.shots), batch(setting.queries))
+
+
+# ---------------------------------------------------------------------------
+# references: MAML as people write it
+
+
+def plain_autograd_maml(params: dict, tasks: Tasks, beta_low: float, steps: int) -> dict:
+    """Per-task loop, ``torch.autograd.grad(create_graph=True)``, then one backward."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    m = tasks.support["x"].shape[0]
+    for i in range(m):
+        fast = dict(leaves)
+        xs, ys = tasks.support["x"][i], tasks.support["y"][i]
+        for _ in range(steps):
+            loss = F.cross_entropy(conv4_forward(fast, xs), ys)
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=True)
+            fast = {k: v - beta_low * g for (k, v), g in zip(fast.items(), grads)}
+        (F.cross_entropy(conv4_forward(fast, tasks.query["x"][i]), tasks.query["y"][i]) / m).backward()
+    return {k: v.grad for k, v in leaves.items()}
+
+
+class _Holder(torch.nn.Module):
+    """A named container for one layer's parameters (``higher`` cannot patch a bare Module)."""
+
+
+class Conv4Module(torch.nn.Module):
+    """Conv-4 as an ``nn.Module`` holding the same named parameters (for ``higher``)."""
+
+    def __init__(self, params: dict):
+        super().__init__()
+        for name, value in params.items():
+            owner, leaf = name.split(".")
+            if not hasattr(self, owner):
+                self.add_module(owner, _Holder())
+            getattr(self, owner).register_parameter(leaf, torch.nn.Parameter(value.detach().clone()))
+
+    def forward(self, x):
+        return conv4_forward(dict(self.named_parameters()), x)
+
+
+def higher_maml(params: dict, tasks: Tasks, beta_low: float, steps: int) -> dict:
+    """Per-task loop with ``higher.innerloop_ctx`` (differentiable SGD), then backward."""
+    import higher
+
+    model = Conv4Module(params)
+    inner = torch.optim.SGD(model.parameters(), lr=beta_low)
+    m = tasks.support["x"].shape[0]
+    for i in range(m):
+        with higher.innerloop_ctx(model, inner, copy_initial_weights=False) as (fmodel, diffopt):
+            for _ in range(steps):
+                diffopt.step(F.cross_entropy(fmodel(tasks.support["x"][i]), tasks.support["y"][i]))
+            (F.cross_entropy(fmodel(tasks.query["x"][i]), tasks.query["y"][i]) / m).backward()
+    return {k: p.grad for k, p in model.named_parameters()}
+
+
+def core_maml(batching: str) -> Callable:
+    def run(params, tasks, beta_low, steps):
+        alg = algorithms.make("maml", beta_low=beta_low, inner_steps=steps, task_batching=batching)
+        return alg.meta_gradient(cross_entropy_loss, params, tasks).grad
+    return run
+
+
+def implementations() -> dict[str, Callable]:
+    out = {"core, vmap": core_maml("vmap"), "core, loop": core_maml("loop"),
+           "autograd loop": plain_autograd_maml}
+    try:
+        import higher  # noqa: F401  (optional extra "bench")
+    except ImportError:
+        return out
+    out["higher loop"] = higher_maml
+    return out
+
+
+# ---------------------------------------------------------------------------
+# measuring
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, device: str) -> float:
+    fn()                                  # warm-up
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def relative_error(a: dict, b: dict) -> float:
+    num = sum(((a[k] - b[k]).double() ** 2).sum() for k in a)
+    den = sum((a[k].double() ** 2).sum() for k in a)
+    return float(torch.sqrt(num / den))
+
+
+@dataclass(frozen=True)
+class FewshotBench:
+    setting: Setting
+    device: str
+    repeats: int
+    maml_seconds: dict[str, float]
+    maml_agreement: dict[str, float]
+    variant_seconds: dict[str, float]
+    variant_gflops: dict[str, float]
+    variant_peak_mb: dict[str, float | None]
+    batching: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run(setting: Setting, device: str = "cpu", repeats: int = 3,
+        variants: tuple[str, ...] = VARIANTS) -> FewshotBench:
+    V.positive_int("repeats", repeats)
+    for v in variants:
+        V.one_of("variant", v, VARIANTS)
+    if "maml" not in variants:
+        variants = ("maml",) + tuple(variants)
+    params, tasks = make_problem(setting, device)
+    args = (params, tasks, setting.beta_low, setting.inner_steps)
+    impls = implementations()
+    reference = impls["core, vmap"](*args)
+    agreement = {}
+    for name, fn in impls.items():
+        agreement[name] = relative_error(fn(*args), reference)
+        if agreement[name] > AGREEMENT:
+            raise RuntimeError(f"{name} disagrees with the core's meta-gradient by "
+                               f"{agreement[name]:.2e} (> {AGREEMENT:g}); no timing reported")
+    maml_seconds = {name: median_seconds(lambda fn=fn: fn(*args), repeats, device)
+                    for name, fn in impls.items()}
+    batching = "vmap" if maml_seconds["core, vmap"] <= maml_seconds["core, loop"] else "loop"
+    seconds, gflops, peak = {}, {}, {}
+    for name in variants:
+        alg = algorithms.make(name, beta_low=setting.beta_low, inner_steps=setting.inner_steps,
+                              head_names=HEAD_NAMES if "anil" in name else None,
+                              task_batching=batching)
+        gen = torch.Generator().manual_seed(0)
+
+        def call(alg=alg, gen=gen):
+            return alg.meta_gradient(cross_entropy_loss, params, tasks, generator=gen)
+
+        with FlopCounterMode(display=False) as counter:
+            call()
+        gflops[name] = counter.get_total_flops() / 1e9
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        seconds[name] = median_seconds(call, repeats, device)
+        peak[name] = torch.cuda.max_memory_allocated() / 2 ** 20 if device.startswith("cuda") else None
+    return FewshotBench(setting, device, repeats, maml_seconds, agreement, seconds, gflops, peak,
+                        batching)
+
+
+def format_table(b: FewshotBench) -> str:
+    s = b.setting
+    head = (f"bench fewshot: {s.name} ({s.ways}-way {s.shots}-shot, {s.queries} queries, "
+            f"{s.image_size}x{s.image_size}x{s.channels}, Conv-4 {s.hidden} filters, "
+            f"{s.inner_steps} inner steps, meta-batch {s.meta_batch}) on {b.device}, "
+            f"median of {b.repeats}")
+    lines = [head, "", "MAML meta-gradient | seconds | vs core | relative difference to core",
+             "---|---|---|---"]
+    core = b.maml_seconds["core, vmap"]
+    for name, sec in b.maml_seconds.items():
+        lines.append(f"{name} | {sec:.3f} | {sec / core:.2f}x | {b.maml_agreement[name]:.1e}")
+    lines += ["", f"variants (core, {b.batching}) | seconds | time / MAML | FLOPs / MAML | "
+              "time / FLOP ratio | paper Table 3 | target"
+              + (" | peak MiB" if b.device.startswith("cuda") else ""),
+              "---|---|---|---|---|---|---" + ("|---" if b.device.startswith("cuda") else "")]
+    t0, f0 = b.variant_seconds["maml"], b.variant_gflops["maml"]
+    for name, sec in b.variant_seconds.items():
+        tr, fr = sec / t0, b.variant_gflops[name] / f0
+        row = [name, f"{sec:.3f}", f"{tr:.2f}x", f"{fr:.2f}x", f"{tr / fr:.2f}",
+               f"{PAPER_TABLE3[name]:.1f}x" if name in PAPER_TABLE3 else "-",
+               f"<= {TARGETS[name]:.1f}x" if name in TARGETS else "-"]
+        if b.device.startswith("cuda"):
+            row.append(f"{b.variant_peak_mb[name]:.0f}")
+        lines.append(" | ".join(row))
+    return "\n".join(lines)

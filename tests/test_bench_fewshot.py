@@ -1,0 +1,50 @@
+"""The few-shot benchmark's references compute the core's meta-gradient; its FLOP counts are right."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from experiments.bench import fewshot
+from experiments.cli import main
+
+TINY = fewshot.Setting("tiny", ways=3, shots=1, queries=2, image_size=16, channels=1,
+                       inner_steps=2, meta_batch=2, beta_low=0.3, hidden=4)
+
+
+@pytest.mark.parametrize("name", ["autograd loop", "higher loop", "core, loop"])
+def test_references_compute_the_cores_meta_gradient_in_float64(name):
+    impls = fewshot.implementations()
+    if name not in impls:
+        pytest.skip("higher is not installed (pip install '.[bench]')")
+    params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
+    args = (params, tasks, TINY.beta_low, TINY.inner_steps)
+    got, want = impls[name](*args), impls["core, vmap"](*args)
+    assert fewshot.relative_error(got, want) <= 1e-10
+
+
+def test_flop_counter_counts_a_known_graph():
+    a, b = torch.randn(3, 4), torch.randn(4, 5)
+    with FlopCounterMode(display=False) as counter:
+        a @ b
+    assert counter.get_total_flops() == 2 * 3 * 4 * 5
+    x, w = torch.randn(1, 2, 8, 8), torch.randn(3, 2, 3, 3)
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.conv2d(x, w, padding=1)
+    assert counter.get_total_flops() == 2 * (8 * 8) * 3 * (2 * 3 * 3)
+
+
+def test_bench_runs_and_refuses_disagreeing_references(monkeypatch):
+    result = fewshot.run(TINY, repeats=1, variants=("maml", "sharp-low"))
+    assert set(result.variant_seconds) == {"maml", "sharp-low"}
+    assert result.variant_gflops["sharp-low"] > result.variant_gflops["maml"]
+    assert "Table 3" in fewshot.format_table(result)
+    broken = dict(fewshot.implementations())
+    broken["autograd loop"] = lambda p, t, b, s: {k: v + 1 for k, v in p.items()}
+    monkeypatch.setattr(fewshot, "implementations", lambda: broken)
+    with pytest.raises(RuntimeError, match="disagrees"):
+        fewshot.run(TINY, repeats=1, variants=("maml",))
+
+
+def test_bench_cli_rejects_a_missing_device(capsys):
+    assert main(["bench", "fewshot", "--device", "tpu"]) == 2
+    assert "--device" in capsys.readouterr().err
