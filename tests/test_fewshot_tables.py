@@ -22,7 +22,8 @@ def test_the_paper_numbers_are_stated_with_their_table():
     assert PAPER["table4"]["ours"] == {"maml": 91.77, "sharp-low": 92.89, "sharp-up": 92.96, "sharp-both": 93.47}
     assert PAPER["table1"]["ours"]["sharp-both"] == 50.28 and PAPER["table2"]["ours"]["maml"] == 62.20
     assert PAPER["table3"]["time"]["esharp-anil"] == 1.20
-    assert all("Table" in PAPER[k]["reference"] or "Figure" in PAPER[k]["reference"] for k in TABLES)
+    assert all("Table" in PAPER[k]["reference"] or "Figure" in PAPER[k]["reference"] for k in TABLES if k != "family")
+    assert PAPER["family"]["ours"] == {}  # no paper table to compare with
     assert RADII == (0.05, 0.005, 0.0005, 0.00005)
 
 
@@ -56,3 +57,25 @@ def test_bad_arguments_exit_2_with_one_line(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--scale" in err[0]
+
+
+def test_the_family_table_has_every_algorithm_with_its_time():
+    from testbed.algorithms import NAMES
+    family = TABLES["family"]
+    assert [r.algorithm for r in family.rows] == list(NAMES) and family.timing
+    report = {"title": "t", "scale": "smoke", "reference": "r", "data": "d", "ci": "c", "paper_others": {},
+              "rows": [{"label": a, "accuracy": 50.0, "ci95": 1.0, "paper": None, "paper_time": None,
+                        "s_per_it": s, "time_vs_maml": s / 0.5, "seeds": 1, "episodes": 3, "settings": {}}
+                       for a, s in (("maml", 0.5), ("imaml", 2.0))]}
+    text = markdown(report)
+    assert "| imaml | 50.00 +- 1.00 | - | 2.000 | x4.00 | - |" in text
+
+
+def test_parallel_runs_give_the_numbers_of_sequential_runs(tmp_path):
+    """--jobs trains in fresh processes; seeded runs must not notice."""
+    common = ["--scale", "smoke", "--tables", "table4", "--quiet", "--threads", "1", "--iterations", "1"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--out", str(tmp_path / "b"), "--jobs", "2"]) == 0
+    a, b = (json.loads((tmp_path / d / "smoke" / "table4.json").read_text())["rows"] for d in "ab")
+    assert [r["accuracy"] for r in a] == [r["accuracy"] for r in b]
+    assert all(r["settings"]["iterations"] == 1 for r in a)

@@ -11,9 +11,15 @@ Tables (Abbas et al. 2022):
              to MAML (Table 3)
     table4   Omniglot 20-way 1-shot (Table 4, Appendix E)
     table5   Omniglot 20-way 5-shot (Table 5, Appendix E)
+    family   Omniglot 5-way 1-shot, every algorithm of the project (testbed.algorithms.NAMES) under
+             one budget (same iterations, meta-batch, model and episodes), with training time
+             per iteration and relative to MAML; no paper column (the paper has no such table)
     radius   accuracy against the radius alpha in {0.05, 0.005, 0.0005, 0.00005} for the three
              Sharp-MAML variants (Figures 2-3; alpha_low = alpha_up for "both"); on
              mini-ImageNet 5-way 1-shot when it is given, else on Omniglot 5-way 1-shot (said so)
+
+``--iterations`` and ``--meta-batch`` override the scale's budget for every row (the run
+directory's name changes with them, so runs of different budgets never mix).
 
 mini-ImageNet is not shipped: tables 1-3 run when ``--miniimagenet PATH`` is given and are
 otherwise written as "skipped".  Scales:
@@ -51,6 +57,7 @@ from experiments.fewshot.common import environment, keep_freed_memory
 from experiments.fewshot.config import TRAINING_FIELDS, TrainConfig
 from experiments.fewshot.evaluate import confidence_interval
 from experiments.fewshot.toy import write_toy_folder
+from testbed.algorithms import NAMES
 from experiments.fewshot.train import RESULTS_NAME, run
 
 RADII = (0.05, 0.005, 0.0005, 0.00005)
@@ -79,6 +86,8 @@ PAPER: dict[str, dict[str, Any]] = {
     "table5": {"reference": "Abbas et al. 2022, Table 5 (Omniglot 20-way 5-shot; rows in Table 4's order)",
                "ours": {"maml": 96.16, "sharp-low": 96.59, "sharp-up": 96.62, "sharp-both": 96.64},
                "others": {"Matching Nets": 98.50, "Reptile": 97.12, "FOMAML": 97.90}},
+    "family": {"reference": "no paper table: every algorithm of this project under one budget",
+               "ours": {}, "others": {}},
     "radius": {"reference": "Abbas et al. 2022, Figures 2-3 (values only as bar charts: not transcribed)",
                "ours": {}, "others": {}},
 }
@@ -157,6 +166,8 @@ TABLES = {
                     tuple(Row(a, a) for a in _SHARP)),
     "table5": Table("table5", "Omniglot 20-way 5-shot", "omniglot", 5, _OMNIGLOT_20,
                     tuple(Row(a, a) for a in _SHARP)),
+    "family": Table("family", "Omniglot 5-way 1-shot, every algorithm, one budget", "omniglot", 1, _OMNIGLOT_5,
+                    tuple(Row(a, a) for a in NAMES), timing=True),
     "radius": Table("radius", "radius ablation, 5-way 1-shot", "miniimagenet", 1, _MINI, _radius_rows()),
 }
 
@@ -210,9 +221,32 @@ def _source_for(table: Table, scale: Scale, toy: str | None, miniimagenet: str |
     return None, "skipped: mini-ImageNet not given (--miniimagenet PATH)"
 
 
+def _run_quietly(config: TrainConfig) -> str:
+    _run_once(config, None)
+    return config.out
+
+
+def _run_parallel(configs: list[TrainConfig], jobs: int, progress) -> None:
+    """Train the runs of ``configs`` that have no results yet, ``jobs`` at a time (fresh processes)."""
+    import multiprocessing
+
+    todo = [c for c in configs if not (Path(c.out) / RESULTS_NAME).is_file()]
+    if not todo:
+        return
+    with multiprocessing.get_context("spawn").Pool(min(jobs, len(todo)), maxtasksperchild=1) as pool:
+        for done, out in enumerate(pool.imap_unordered(_run_quietly, todo), 1):
+            if progress is not None:
+                print(f"[{done}/{len(todo)}] finished {out}", file=progress, flush=True)
+
+
 def build_table(key: str, scale: Scale, out: Path, *, miniimagenet: str | None = None,
-                data_root: str | None = None, threads: int | None = None, progress=None) -> dict:
-    """Run (or reuse) every row of table ``key`` and write ``out/<key>.json`` and ``.md``."""
+                data_root: str | None = None, threads: int | None = None, progress=None,
+                jobs: int = 1) -> dict:
+    """Run (or reuse) every row of table ``key`` and write ``out/<key>.json`` and ``.md``.
+
+    ``jobs`` > 1 trains that many runs at once in separate processes (give each ``threads=1``
+    on a small machine); the timing columns then measure runs that shared the machine.
+    """
     table = TABLES[key]
     toy = None
     if scale.toy:
@@ -225,6 +259,9 @@ def build_table(key: str, scale: Scale, out: Path, *, miniimagenet: str | None =
             table = replace(table, settings=_OMNIGLOT_5)
     paper = PAPER[key]
     rows = []
+    if jobs > 1 and source:
+        _run_parallel([_config(table, row, scale, source, seed, out / "runs" / f"seed{seed}", data_root, threads)
+                       for row in table.rows for seed in range(scale.seeds)], jobs, progress)
     for row in table.rows if source else ():
         per_seed = [_run_once(_config(table, row, scale, source, seed, out / "runs" / f"seed{seed}",
                                       data_root, threads), progress) for seed in range(scale.seeds)]
@@ -235,6 +272,8 @@ def build_table(key: str, scale: Scale, out: Path, *, miniimagenet: str | None =
             "accuracy": 100 * mean, "ci95": 100 * ci95 if not math.isnan(ci95) else None,
             "episodes": len(accuracies), "seeds": scale.seeds,
             "train_wall_s": sum(r["train_wall_s"] for r in per_seed),
+            # per-process rate, so a resumed run's time is not counted twice
+            "s_per_it": sum(1 / r["it_per_s"] for r in per_seed) / len(per_seed),
             "paper": paper["ours"].get(row.label), "paper_time": paper.get("time", {}).get(row.label),
             "runs": [r["checkpoint"] for r in per_seed],
             "settings": {k: per_seed[0]["config"][k] for k in ("ways", "shots", "queries", "hidden",
@@ -242,9 +281,9 @@ def build_table(key: str, scale: Scale, out: Path, *, miniimagenet: str | None =
                                                                  "meta_lr", "iterations", "eval_inner_steps")},
         })
     if table.timing and rows:
-        base = next(r["train_wall_s"] for r in rows if r["algorithm"] == "maml")
+        base = next(r["s_per_it"] for r in rows if r["algorithm"] == "maml")
         for r in rows:
-            r["time_vs_maml"] = r["train_wall_s"] / base if base > 0 else None
+            r["time_vs_maml"] = r["s_per_it"] / base if base > 0 else None
     report = {"table": key, "title": table.title, "reference": paper["reference"], "scale": scale.name,
               "data": note, "rows": rows, "paper_others": paper["others"], "environment": environment("cpu"),
               "ci": "95% CI = 1.96 * std(ddof=1) / sqrt(n) over the per-episode accuracies of all seeds"}
@@ -261,17 +300,17 @@ def markdown(report: dict) -> str:
              f"Paper: {report['reference']}. Data: {report['data']}. {report['ci']}.", ""]
     if not report["rows"]:
         return "\n".join(lines + ["No runs: " + report["data"], ""])
-    head = "| algorithm | ours (%, 95% CI) | paper (%) |" + (" time vs MAML | paper time |" if timing else "")
-    lines += [head, "|---|---|---|" + ("---|---|" if timing else "")]
+    head = "| algorithm | ours (%, 95% CI) | paper (%) |" + (" s/iteration | time vs MAML | paper time |" if timing else "")
+    lines += [head, "|---|---|---|" + ("---|---|---|" if timing else "")]
     for r in report["rows"]:
         ci = "n/a" if r["ci95"] is None else f"{r['ci95']:.2f}"
         paper = "-" if r["paper"] is None else f"{r['paper']:.2f}"
         line = f"| {r['label']} | {r['accuracy']:.2f} +- {ci} | {paper} |"
         if timing:
-            line += f" x{r['time_vs_maml']:.2f} | " + ("-" if r["paper_time"] is None else f"x{r['paper_time']:.2f}") + " |"
+            line += f" {r['s_per_it']:.3f} | x{r['time_vs_maml']:.2f} | " + ("-" if r["paper_time"] is None else f"x{r['paper_time']:.2f}") + " |"
         lines.append(line)
     for name, value in report["paper_others"].items():
-        lines.append(f"| {name} (paper only) | - | {value:.2f} |" + (" - | - |" if timing else ""))
+        lines.append(f"| {name} (paper only) | - | {value:.2f} |" + (" - | - | - |" if timing else ""))
     s = report["rows"][0]["settings"]
     lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in s.items())
               + f"; seeds={report['rows'][0]['seeds']}, episodes={report['rows'][0]['episodes']}.", ""]
@@ -293,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", metavar="DIR", default=None, help="directory holding omniglot/")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch threads per run (default: torch's choice)")
+    p.add_argument("--iterations", type=positive_int, default=None,
+                   help="meta-iterations of every run, overriding the scale's (and the table's)")
+    p.add_argument("--meta-batch", type=positive_int, default=None,
+                   help="tasks per meta-update of every run, overriding the scale's (and the table's)")
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="runs trained at once in separate processes (default %(default)s); with 2 on "
+                        "2 cores pass --threads 1")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     return p
 
@@ -300,12 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     scale = SCALES[args.scale]
+    if args.iterations is not None:
+        scale = replace(scale, iterations=args.iterations)
+    if args.meta_batch is not None:
+        scale = replace(scale, meta_batch=args.meta_batch)
     keep_freed_memory()
     try:
         for key in args.tables:
             report = build_table(key, scale, Path(args.out) / args.scale, miniimagenet=args.miniimagenet,
                                  data_root=args.data_root, threads=args.threads,
-                                 progress=None if args.quiet else sys.stderr)
+                                 progress=None if args.quiet else sys.stderr, jobs=args.jobs)
             print(f"{key}: {len(report['rows'])} rows -> {Path(args.out) / args.scale / key}.md")
     except ValueError as error:
         print(f"tables: error: {error}", file=sys.stderr)
