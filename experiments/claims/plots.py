@@ -33,24 +33,24 @@ def _curve_panel(ax, horizons, curves: dict[str, np.ndarray], exponent: float, t
 
 def rate_panels(path: Path, results: dict, schedule: str, exponent: float, title: str) -> None:
     """One panel per family/oracle; one line per variant (mean, min-max over seeds)."""
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False,
+                             layout="constrained")
     for ax, (label, r) in zip(axes[0], results.items()):
         curves = {v: r.curve(schedule, v) for v in r.spec.variants}
         _curve_panel(ax, r.spec.horizons, curves, exponent, label)
     fig.suptitle(title)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def schedule_panels(path: Path, results: dict, variant: str, exponent: float) -> None:
     """One panel per family/oracle; one line per schedule, for one variant."""
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False,
+                             layout="constrained")
     for ax, (label, r) in zip(axes[0], results.items()):
         curves = {s: r.curve(s, variant) for s in r.spec.schedules}
         _curve_panel(ax, r.spec.horizons, curves, exponent, label)
     fig.suptitle(f"{variant}: which condition of Theorem 1 matters")
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -58,7 +58,7 @@ def schedule_panels(path: Path, results: dict, variant: str, exponent: float) ->
 def measured_vs_bound(path: Path, x: np.ndarray, series: dict[str, tuple[np.ndarray, np.ndarray]],
                       xlabel: str, ylabel: str, title: str) -> None:
     """For each series: measured (markers) against its bound (line), log-log."""
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    fig, ax = plt.subplots(figsize=(5.2, 3.8), layout="constrained")
     for i, (name, (measured, bound)) in enumerate(series.items()):
         color = f"C{i}"
         ax.plot(x, measured, "o", color=color, ms=4, label=f"{name}: measured")
@@ -69,6 +69,5 @@ def measured_vs_bound(path: Path, x: np.ndarray, series: dict[str, tuple[np.ndar
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
