@@ -18,7 +18,7 @@ Tables (Abbas et al. 2022):
              Sharp-MAML variants (Figures 2-3; alpha_low = alpha_up for "both"); on
              mini-ImageNet 5-way 1-shot when it is given, else on Omniglot 5-way 1-shot (said so)
 
-``--iterations`` and ``--meta-batch`` override the scale's budget for every row (the run
+``--iterations``, ``--meta-batch``, ``--eval-episodes`` and ``--task-batching`` override the scale's budget for every row (the run
 directory's name changes with them, so runs of different budgets never mix).
 
 mini-ImageNet is not shipped: tables 1-3 run when ``--miniimagenet PATH`` is given and are
@@ -115,6 +115,7 @@ class Scale:
     inner_steps: int | None = None
     radii: tuple[float, ...] = RADII
     toy: bool = False
+    task_batching: str | None = None
 
 
 SCALES = {
@@ -181,6 +182,8 @@ def _config(table: Table, row: Row, scale: Scale, source: str, seed: int, runs: 
         settings["meta_batch"] = scale.meta_batch
     if scale.inner_steps is not None:
         settings["inner_steps"] = settings["eval_inner_steps"] = scale.inner_steps
+    if scale.task_batching is not None:
+        settings["task_batching"] = scale.task_batching
     config = TrainConfig(
         algorithm=row.algorithm, source=source, data_root=data_root, shots=table.shots,
         queries=scale.queries or TrainConfig.queries, hidden=scale.hidden, seed=seed,
@@ -336,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="meta-iterations of every run, overriding the scale's (and the table's)")
     p.add_argument("--meta-batch", type=positive_int, default=None,
                    help="tasks per meta-update of every run, overriding the scale's (and the table's)")
+    p.add_argument("--eval-episodes", type=positive_int, default=None,
+                   help="test episodes of every run, overriding the scale's")
+    p.add_argument("--task-batching", choices=("loop", "vmap"), default=None,
+                   help="tasks of a meta-batch one after another or vectorised (default: testbed "
+                        "train's); on CPU vmap pays for small models (32 filters, 5 queries)")
     p.add_argument("--jobs", type=positive_int, default=1,
                    help="runs trained at once in separate processes (default %(default)s); with 2 on "
                         "2 cores pass --threads 1")
@@ -350,6 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         scale = replace(scale, iterations=args.iterations)
     if args.meta_batch is not None:
         scale = replace(scale, meta_batch=args.meta_batch)
+    if args.eval_episodes is not None:
+        scale = replace(scale, eval_episodes=args.eval_episodes)
+    if args.task_batching is not None:
+        scale = replace(scale, task_batching=args.task_batching)
     keep_freed_memory()
     try:
         for key in args.tables:
