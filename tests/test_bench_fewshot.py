@@ -38,6 +38,10 @@ def test_bench_runs_and_refuses_disagreeing_references(monkeypatch):
     assert set(result.variant_seconds) == {"maml", "sharp-low"}
     assert result.variant_gflops["sharp-low"] > result.variant_gflops["maml"]
     assert "Table 3" in fewshot.format_table(result)
+    # agreement is checked in float64; the float32 error of each implementation is reported
+    assert max(result.maml_agreement.values()) <= fewshot.AGREEMENT
+    assert set(result.maml_float32_error) == set(result.maml_agreement)
+    assert all(0 <= e < 1e-2 for e in result.maml_float32_error.values())
     broken = dict(fewshot.implementations())
     broken["autograd loop"] = lambda p, t, b, s: {k: v + 1 for k, v in p.items()}
     monkeypatch.setattr(fewshot, "implementations", lambda: broken)

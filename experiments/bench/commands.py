@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from experiments.cliutil import positive_int
@@ -77,7 +78,7 @@ def _fewshot(args: argparse.Namespace) -> int:
         setting = fewshot.SETTINGS[name]
         if args.scale == "small":
             setting = fewshot.small(setting)
-        result = fewshot.run(setting, args.device, args.repeats)
+        result = fewshot.run(setting, args.device, args.repeats, progress=sys.stderr)
         tables.append(fewshot.format_table(result))
         bodies[setting.name] = result.to_dict()
         print(tables[-1] + "\n", flush=True)
