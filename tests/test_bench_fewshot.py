@@ -11,11 +11,18 @@ TINY = fewshot.Setting("tiny", ways=3, shots=1, queries=2, image_size=16, channe
                        inner_steps=2, meta_batch=2, beta_low=0.3, hidden=4)
 
 
-@pytest.mark.parametrize("name", ["autograd loop", "higher loop", "core, loop"])
+OPTIONAL = {"higher loop": "higher", "parallel-metalearn (vmap)": "metalearn"}
+"""References from the optional extra ``bench``: name -> the module they need."""
+
+
+@pytest.mark.parametrize("name", ["autograd loop", "higher loop", "parallel-metalearn (vmap)",
+                                  "core, loop"])
 def test_references_compute_the_cores_meta_gradient_in_float64(name):
+    if name in OPTIONAL:
+        pytest.importorskip(OPTIONAL[name], reason=f"{OPTIONAL[name]} is not installed "
+                                                   "(pip install '.[bench]')")
     impls = fewshot.implementations()
-    if name not in impls:
-        pytest.skip("higher is not installed (pip install '.[bench]')")
+    assert name in impls
     params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
     args = (params, tasks, TINY.beta_low, TINY.inner_steps)
     got, want = impls[name](*args), impls["core, vmap"](*args)

@@ -18,9 +18,10 @@ def register(sub) -> None:
                     "same work (closed form one run at a time, and the torch.func core one run "
                     "and one iteration at a time), after checking that all three agree. "
                     "'fewshot' times Conv-4 meta-gradients: the core (vmap and loop) against a "
-                    "plain autograd loop and a 'higher' loop (pip install '.[bench]'), after "
-                    "checking they agree, and every Sharp variant against MAML with its FLOP "
-                    "ratio and the paper's Table 3 ratio.")
+                    "plain autograd loop, a 'higher' loop and parallel-metalearn's vmapped MAML "
+                    "(the last two with pip install '.[bench]'), after checking they agree in "
+                    "float64, and every Sharp variant against MAML with its FLOP ratio and the "
+                    "paper's Table 3 ratio.")
     p.add_argument("suite", choices=("synthetic", "fewshot"), help="which benchmark")
     p.add_argument("--family", choices=("quadratic", "tanh"), default="quadratic",
                    help="task family of the sweep (default %(default)s)")

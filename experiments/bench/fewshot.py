@@ -6,9 +6,11 @@ meta-batch), in one process:
 
 1. MAML's meta-gradient from this project's core (``vmap`` over tasks and a
    per-task loop) against references written the way people write MAML today:
-   a per-task loop with ``torch.autograd.grad(create_graph=True)`` and a
-   per-task loop with the ``higher`` library (optional extra ``bench``).
-   All must agree (relative error of the meta-gradient) before any time is
+   a per-task loop with ``torch.autograd.grad(create_graph=True)``, a
+   per-task loop with the ``higher`` library, and ``parallel-metalearn``'s
+   ``MAML`` with its ``vmap`` backend (import name ``metalearn``; both from
+   the optional extra ``bench``, each used when installed).  All must agree
+   in float64 (relative error of the meta-gradient) before any time is
    reported.
 2. Every Sharp variant's time per meta-gradient over MAML's, next to its
    operation-count ratio (FLOPs counted by ``torch.utils.flop_counter``) and
@@ -149,6 +151,101 @@ def higher_maml(params: dict, tasks: Tasks, beta_low: float, steps: int) -> dict
     return {k: p.grad for k, p in model.named_parameters()}
 
 
+class _Conv4Backbone(Conv4Module):
+    """Conv-4, logits included, as the backbone of ``parallel-metalearn``'s ``MAML_Model``.
+
+    The wrapper calls its backbone and head with ``training=`` and ``num_step=`` keywords
+    (hooks for per-step batch norm); ``conv4_forward`` has no state for them, so they are ignored.
+    """
+
+    def forward(self, x, **_):
+        return super().forward(x)
+
+
+class _Passthrough(torch.nn.Module):
+    """The wrapper's head: identity, since the backbone already ends in Conv-4's linear head."""
+
+    def forward(self, x, **_):
+        return x
+
+
+class _MetaGradientOnly(torch.optim.Optimizer):
+    """An outer optimizer whose ``step`` does nothing.
+
+    ``metalearn.algorithms.MAML.step`` always ends a training step with
+    ``optimizer.step()``; with this one the parameters stay where they are and the
+    meta-gradient is left in ``.grad`` (its ``zero_grad`` is the usual one).
+    """
+
+    def __init__(self, params):
+        super().__init__(params, {})
+
+    def step(self, closure=None):
+        return None
+
+
+def parallel_metalearn_maml(params: dict, tasks: Tasks, beta_low: float, steps: int) -> dict:
+    """MAML through ``parallel-metalearn``'s ``MAML`` (``backend="vmap"``), read from ``.grad``.
+
+    One ``MAML.step(training=True)`` on the whole meta-batch: its ``torch.func.grad`` inner
+    loop under ``vmap`` over tasks, query loss averaged over tasks, one ``backward``.  The
+    model is ``MAML_Model(backbone=<conv4_forward over the same named parameters>,
+    head=identity)``; gradients are returned under ``params``' names (the wrapper's
+    ``backbone.`` prefix removed).
+
+    Configured to be textbook second-order MAML, the same numbers as the core (checked to
+    1e-8 in float64, bit-identical on the tests' tiny setting):
+
+    * ``InnerSGD(learn_lr=False)``: plain SGD, one global step size; learning it (Meta-SGD /
+      MAML++ LSLR, the package's default ``learn_lr=True``) is off, so no step-size parameter
+      joins the outer optimizer.  Its step size is an ``nn.Parameter`` created in float32
+      (0.3 becomes 0.30000001...): it is cast to the parameters' dtype and set to ``beta_low``
+      exactly, or float64 agreement stops at ~1e-7.
+    * ``first_order=False`` (second order, the default); ``fast_weights_names=None``: all
+      parameters adapted (not ANIL/BOIL).
+    * ``multi_step_loss=False`` (the default): only the query loss after the last step, not
+      MAML++'s weighted per-step query losses.
+    * ``encoder=None``: labels are used as given (already 0..ways-1); its ``LabelEncoder``
+      would re-index and, by default, randomly permute classes per task.
+    * ``CrossEntropy(metric_fn=CategoricalAccuracy())``: mean cross-entropy on support and
+      query, as in the core.  The metric instance is passed because the default (the class
+      itself, 0.5.6) fails when called.
+    * ``chunk_size`` = the meta-batch: one ``vmap`` call over all tasks, as the core's vmap;
+      its loss is ``sum over tasks / tasks``, the same mean.
+    * No buffers: the package would average the tasks' buffers (e.g. batch-norm running
+      statistics) and copy them into the model after the step; Conv-4 here uses batch
+      statistics and has none.
+    * The outer ``optimizer.step()`` it always calls is a no-op (:class:`_MetaGradientOnly`).
+
+    Per call (part of its time): building the wrapper, copying the parameters, two
+    ``.item()`` host syncs for the reported loss and accuracy, the accuracy itself, and
+    ``torch.cuda.empty_cache()`` after the backward whenever CUDA is available.
+    """
+    from metalearn.algorithms import MAML
+    from metalearn.inner_optimizers import InnerSGD
+    from metalearn.loss import CategoricalAccuracy, CrossEntropy
+    from metalearn.model_wrappers import MAML_Model
+
+    first = next(iter(params.values()))
+    model = MAML_Model(backbone=_Conv4Backbone(params), head=_Passthrough(), fast_weights_names=None)
+    inner = InnerSGD(model.get_fast_weights(), first_order=False, inner_lr=beta_low,
+                     max_inner_steps=steps, per_layer=False, per_step=False, learn_lr=False)
+    inner.to(device=first.device, dtype=first.dtype)
+    with torch.no_grad():
+        for lr in inner.parameters():
+            lr.fill_(beta_low)
+    m = tasks.support["x"].shape[0]
+    maml = MAML(model=model, optimizer=_MetaGradientOnly(model.parameters()), inner_optimizer=inner,
+                support_loss_fn=CrossEntropy(metric_fn=CategoricalAccuracy()), encoder=None,
+                inner_steps=steps, multi_step_loss=False, chunk_size=m, device=first.device,
+                backend="vmap")
+    batch = (tasks.support["x"], {"labels": tasks.support["y"]},
+             tasks.query["x"], {"labels": tasks.query["y"]})
+    maml.step(iter([batch]), training=True)
+    grads = {name.removeprefix("backbone."): p.grad for name, p in model.named_parameters()}
+    return {k: grads[k] for k in params}
+
+
 def core_maml(batching: str) -> Callable:
     def run(params, tasks, beta_low, steps):
         alg = algorithms.make("maml", beta_low=beta_low, inner_steps=steps, task_batching=batching)
@@ -162,8 +259,15 @@ def implementations() -> dict[str, Callable]:
     try:
         import higher  # noqa: F401  (optional extra "bench")
     except ImportError:
-        return out
-    out["higher loop"] = higher_maml
+        pass
+    else:
+        out["higher loop"] = higher_maml
+    try:
+        import metalearn  # noqa: F401  (optional extra "bench": parallel-metalearn)
+    except ImportError:
+        pass
+    else:
+        out["parallel-metalearn (vmap)"] = parallel_metalearn_maml
     return out
 
 
