@@ -45,6 +45,7 @@ import argparse
 import hashlib
 import json
 import math
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -244,7 +245,7 @@ def _run_parallel(configs: list[TrainConfig], jobs: int, progress) -> None:
 
 def build_table(key: str, scale: Scale, out: Path, *, miniimagenet: str | None = None,
                 data_root: str | None = None, threads: int | None = None, progress=None,
-                jobs: int = 1) -> dict:
+                jobs: int = 1, command: str | None = None) -> dict:
     """Run (or reuse) every row of table ``key`` and write ``out/<key>.json`` and ``.md``.
 
     ``jobs`` > 1 trains that many runs at once in separate processes (give each ``threads=1``
@@ -289,7 +290,10 @@ def build_table(key: str, scale: Scale, out: Path, *, miniimagenet: str | None =
             r["time_vs_maml"] = r["s_per_it"] / base if base > 0 else None
     report = {"table": key, "title": table.title, "reference": paper["reference"], "scale": scale.name,
               "data": note, "rows": rows, "paper_others": paper["others"], "environment": environment("cpu"),
-              "ci": "95% CI = 1.96 * std(ddof=1) / sqrt(n) over the per-episode accuracies of all seeds"}
+              "ci": "95% CI = 1.96 * std(ddof=1) / sqrt(n) over the per-episode accuracies of all seeds",
+              "command": command,
+              "timing": (f"training seconds per iteration in each run's own process, "
+                         f"{threads or 'default'} torch thread(s) per run, {jobs} run(s) at a time")}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{key}.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / f"{key}.md").write_text(markdown(report))
@@ -317,6 +321,10 @@ def markdown(report: dict) -> str:
     s = report["rows"][0]["settings"]
     lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in s.items())
               + f"; seeds={report['rows'][0]['seeds']}, episodes={report['rows'][0]['episodes']}.", ""]
+    if timing and report.get("timing"):
+        lines += [f"Time: {report['timing']}.", ""]
+    if report.get("command"):
+        lines += [f"Command: `{report['command']}`", ""]
     return "\n".join(lines)
 
 
@@ -367,7 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key in args.tables:
             report = build_table(key, scale, Path(args.out) / args.scale, miniimagenet=args.miniimagenet,
                                  data_root=args.data_root, threads=args.threads,
-                                 progress=None if args.quiet else sys.stderr, jobs=args.jobs)
+                                 progress=None if args.quiet else sys.stderr, jobs=args.jobs,
+                                 command=" ".join(["python -m experiments.fewshot.tables",
+                                                   *map(shlex.quote, argv if argv is not None else sys.argv[1:])]))
             print(f"{key}: {len(report['rows'])} rows -> {Path(args.out) / args.scale / key}.md")
     except ValueError as error:
         print(f"tables: error: {error}", file=sys.stderr)
