@@ -61,7 +61,8 @@ def _write(out: Path | None, suite: str, meta: dict, body: dict, table: str) -> 
     (out / f"bench_{suite}.json").write_text(json.dumps({**meta, **body}, indent=1))
     (out / f"bench_{suite}.md").write_text(
         f"`{meta['command']}` at commit `{meta['git_commit']}`, torch {meta['torch']}, "
-        f"device {meta['device']}\n\n{table}\n")
+        f"device {meta['device']}" + (f", allocator: {meta['allocator']}" if "allocator" in meta else "")
+        + f"\n\n{table}\n")
 
 
 def _fewshot(args: argparse.Namespace) -> int:
@@ -73,6 +74,11 @@ def _fewshot(args: argparse.Namespace) -> int:
         raise ValueError(f"--device {args.device}: no CUDA device is available")
     if args.device != "cpu" and not args.device.startswith("cuda"):
         raise ValueError(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    from experiments.fewshot.common import keep_freed_memory
+
+    # as testbed train does: without it glibc unmaps and re-faults every large temporary,
+    # which costs the torch.func core more system time than the plain loops
+    kept = keep_freed_memory()
     names = list(fewshot.SETTINGS) if args.setting == "all" else [args.setting]
     tables, bodies = [], {}
     for name in names:
@@ -85,7 +91,8 @@ def _fewshot(args: argparse.Namespace) -> int:
         print(tables[-1] + "\n", flush=True)
     device = args.device if args.device == "cpu" else torch.cuda.get_device_name(args.device)
     meta = {**_meta(f"testbed bench fewshot --setting {args.setting} --scale {args.scale} "
-                    f"--device {args.device} --repeats {args.repeats}"), "device": device}
+                    f"--device {args.device} --repeats {args.repeats}"), "device": device,
+            "allocator": "glibc keeps freed memory (as testbed train)" if kept else "default"}
     _write(args.out, "fewshot", meta, {"results": bodies}, "\n\n".join(tables))
     return 0
 
