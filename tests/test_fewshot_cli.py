@@ -6,18 +6,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from experiments.cli import main
 from experiments.fewshot.toy import write_toy_folder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import math
 from dataclasses import replace
 
 import pytest
-import torch
 
 from experiments.fewshot.config import TrainConfig
 from experiments.fewshot.evaluate import Z_95, confidence_interval, evaluate_checkpoint
@@ -14,12 +13,7 @@ from experiments.fewshot.toy import write_toy_folder
 from experiments.fewshot.train import run
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

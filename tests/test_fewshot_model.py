@@ -17,13 +17,7 @@ from tolerances import FD_STEP, FINITE_DIFFERENCE, VMAP_VS_LOOP
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and OpenMP spinning on a busy machine costs 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _source(classes: int = 6, per_class: int = 4, size: int = 16, seed: int = 0) -> FewShotSource:

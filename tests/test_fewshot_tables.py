@@ -5,17 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from experiments.fewshot.tables import PAPER, RADII, SCALES, TABLES, main, markdown
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_the_paper_numbers_are_stated_with_their_table():

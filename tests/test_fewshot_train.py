@@ -28,12 +28,7 @@ STARTUP_TIMEOUT_S = 120
 """Longest wait for the first checkpoint of the subprocess (interpreter start included)."""
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
