@@ -28,6 +28,18 @@ from testbed.meta import Tasks
 WHICH = ("support", "query")
 
 
+def check_regression_data(x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor,
+                          y_val: torch.Tensor) -> None:
+    """ValueError unless ``x, x_val`` are ``[M, n, d]`` with targets ``[M, n]`` and the two
+    sets agree on ``M`` and ``d``."""
+    for xs, ys, xn, yn in ((x, y, "x", "y"), (x_val, y_val, "x_val", "y_val")):
+        if xs.dim() != 3 or ys.shape != xs.shape[:2]:
+            raise ValueError(f"{xn} must be [M, n, d] and {yn} [M, n]; got {list(xs.shape)} and "
+                             f"{list(ys.shape)}")
+    if x.shape[0] != x_val.shape[0] or x.shape[2] != x_val.shape[2]:
+        raise ValueError(f"support and query disagree on M or d: {list(x.shape)} vs {list(x_val.shape)}")
+
+
 @dataclass(frozen=True)
 class Constants:
     """Constants of Assumption 1 (Abbas et al. 2022) and where they hold.

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from synthetic import linalg
+from synthetic.base import check_regression_data
 from testbed import validate as V
 
 FEATURES = ("linear", "tanh")
@@ -277,13 +278,7 @@ class AnilRegressionFamily:
     def __post_init__(self) -> None:
         V.nonnegative("gamma", self.gamma)
         V.positive("rho", self.rho)
-        for xs, ys, name in ((self.x, self.y, "x/y"), (self.x_val, self.y_val, "x_val/y_val")):
-            if xs.dim() != 3 or ys.shape != xs.shape[:2]:
-                raise ValueError(f"{name} must have shapes [M, n, d] and [M, n], got "
-                                 f"{list(xs.shape)} and {list(ys.shape)}")
-        if self.x.shape[0] != self.x_val.shape[0] or self.x.shape[2] != self.x_val.shape[2]:
-            raise ValueError(f"support and query disagree on M or d: {list(self.x.shape)} vs "
-                             f"{list(self.x_val.shape)}")
+        check_regression_data(self.x, self.y, self.x_val, self.y_val)
 
     @classmethod
     def random(cls, num_tasks: int, dim_x: int, dim_feature: int, *, geometry: str = "strongly-convex",

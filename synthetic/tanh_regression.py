@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from numpy.polynomial import Polynomial
 
-from synthetic.base import Constants, FamilyBase
+from synthetic.base import Constants, FamilyBase, check_regression_data
 from synthetic import linalg
 from testbed import validate as V
 
@@ -107,17 +107,12 @@ class TanhRegressionFamily(FamilyBase):
     def __post_init__(self) -> None:
         V.nonnegative("sigma", self.sigma)
         V.nonnegative("y_max", self.y_max)
-        for xn, yn in (("x", "y"), ("x_val", "y_val")):
-            x, y = getattr(self, xn), getattr(self, yn)
-            if x.dim() != 3 or y.shape != x.shape[:2]:
-                raise ValueError(
-                    f"{xn} must be [M, n, d] and {yn} [M, n]; got {list(x.shape)} and {list(y.shape)}")
+        check_regression_data(self.x, self.y, self.x_val, self.y_val)
+        for yn in ("y", "y_val"):
+            y = getattr(self, yn)
             if y.abs().max().item() > self.y_max:
                 raise ValueError(f"|{yn}| must be <= y_max={self.y_max!r}, "
                                  f"found {y.abs().max().item()!r}")
-        if self.x.shape[0] != self.x_val.shape[0] or self.x.shape[2] != self.x_val.shape[2]:
-            raise ValueError(f"support and query disagree on M or d: {list(self.x.shape)} "
-                             f"vs {list(self.x_val.shape)}")
 
     @classmethod
     def random(cls, num_tasks: int, dim: int, *, n_support: int = 10, n_query: int = 10,
