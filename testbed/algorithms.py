@@ -151,12 +151,15 @@ def make(name: str, *, beta_low: float, inner_steps: int = 1,
          imaml_lambda: float | None = None, cg_steps: int | None = None,
          cg_tol: float | None = None, rho1: float | None = None, rho2: float | None = None,
          first_order: bool = False, differentiate_perturbations: bool = False,
-         task_batching: str = "vmap") -> Algorithm:
+         checkpoint: bool = False, task_batching: str = "vmap") -> Algorithm:
     """Build the algorithm ``name`` (one of :data:`NAMES`).
 
     ``head_names`` is required by the ANIL variants (the parameters that adapt).
     Radii left as ``None`` take :data:`DEFAULT_RADIUS` where the name needs one;
     other hyper-parameters left as ``None`` take :data:`DEFAULTS`.
+    ``checkpoint`` recomputes each fine-tuning step in the backward sweep instead of
+    keeping its graph (:class:`~testbed.meta.SharpMAMLConfig`); the gradient-based
+    kinds only.
     """
     V.one_of("algorithm", name, NAMES)
     low_rule, up_rule, anil, esam, kind, takes = _SPEC[name]
@@ -171,6 +174,9 @@ def make(name: str, *, beta_low: float, inner_steps: int = 1,
                                  "imaml_lambda": imaml_lambda, "cg_steps": cg_steps,
                                  "cg_tol": cg_tol, "rho1": rho1, "rho2": rho2})
     extra = {}
+    if checkpoint and kind != "sharp-maml":
+        raise ValueError(f"checkpoint=True applies to the MAML-type algorithms, not {name} "
+                         "(its update keeps no inner-loop graph to checkpoint)")
     if name == "hf-maml":
         extra = {"hvp": "finite-difference", "fd_delta": dict(hyper)["fd_delta"]}
     elif name == "sign-maml":
@@ -182,7 +188,7 @@ def make(name: str, *, beta_low: float, inner_steps: int = 1,
         adapt_names=tuple(head_names) if anil else None,
         swp_keep=(DEFAULT_SWP_KEEP if swp_keep is None else swp_keep) if esam else None,
         sds_fraction=(DEFAULT_SDS_FRACTION if sds_fraction is None else sds_fraction) if esam else None,
-        task_batching=task_batching, **extra)
+        checkpoint=checkpoint, task_batching=task_batching, **extra)
     return Algorithm(name, cfg, kind, hyper)
 
 

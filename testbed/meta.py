@@ -85,7 +85,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
-from torch.func import grad, grad_and_value, vmap
+from torch.func import grad, grad_and_value, vjp, vmap
 
 from testbed import params as P
 from testbed import validate as V
@@ -138,6 +138,17 @@ class SharpMAMLConfig:
                  (HF-MAML: each Hessian-vector product by a central difference
                  of gradients with step ``fd_delta`` along the unit vector).
     fd_delta:    the finite-difference step of ``hvp="finite-difference"``.
+    checkpoint:  keep only each fine-tuning step's point, not its graph, and
+                 compute eq. (10) by an adjoint sweep that recomputes each step's
+                 exact Hessian-vector product: memory for one step's graph instead
+                 of ``inner_steps``, the same meta-gradient, about one more forward
+                 and backward per step.  (``hvp="finite-difference"`` always runs
+                 this way.)
+    compile:     run each task's fine-tuning and query loss through
+                 ``torch.compile`` (``task_batching="loop"`` and the graph path only).
+                 The first call of each configuration and shape compiles (minutes for
+                 Conv-4 on a CPU); whether it pays is measured by ``testbed bench fewshot
+                 --compile``.
     task_batching: "vmap" (one vectorised call over tasks) or "loop".
     """
 
@@ -153,6 +164,8 @@ class SharpMAMLConfig:
     inner_optimizer: str = "sgd"
     hvp: str = "autograd"
     fd_delta: float = 1e-4
+    checkpoint: bool = False
+    compile: bool = False
     task_batching: str = field(default="vmap")
 
     def __post_init__(self) -> None:
@@ -171,6 +184,17 @@ class SharpMAMLConfig:
         if self.hvp == "finite-difference" and self.differentiate_perturbations:
             raise ValueError("hvp='finite-difference' computes eq. (10) with constant "
                              "perturbations; it cannot differentiate_perturbations=True")
+        if self.compile and (self.task_batching != "loop" or self.checkpoint
+                             or self.hvp != "autograd" or self.differentiate_perturbations):
+            raise ValueError(
+                "compile=True compiles the per-task graph path: it needs task_batching='loop', "
+                f"hvp='autograd', checkpoint=False and constant perturbations (got "
+                f"task_batching={self.task_batching!r}, hvp={self.hvp!r}, "
+                f"checkpoint={self.checkpoint!r}, "
+                f"differentiate_perturbations={self.differentiate_perturbations!r})")
+        if self.checkpoint and self.differentiate_perturbations:
+            raise ValueError("checkpoint=True computes eq. (10) with constant perturbations "
+                             "by an adjoint sweep; it cannot differentiate_perturbations=True")
         if self.adapt_names is not None:
             if isinstance(self.adapt_names, str) or len(self.adapt_names) == 0:
                 raise ValueError(
@@ -371,29 +395,79 @@ def _stack(trees: list) -> Any:
     raise TypeError(f"cannot stack {type(first).__name__}")
 
 
+def _task_value(loss_fn: LossFn, cfg: SharpMAMLConfig, p, support, query, offset, plan, mask):
+    """One task's query loss after fine-tuning, and its plan (the unit ``compile`` compiles)."""
+    adapted, new_plan = _inner_loop(loss_fn, cfg, p, support, offset, plan, mask)
+    return loss_fn(adapted, query).mean(), new_plan
+
+
+_COMPILED: list = []
+
+
+def _compiled_task_value() -> Callable:
+    """``torch.compile(_task_value)``, made once per process.
+
+    Dynamo guards on ``loss_fn`` and ``cfg`` (and on shapes, ``dynamic=False``), so each
+    configuration and input shape compiles once and is reused; the outer meta-gradient's
+    backward runs through the compiled graph's own backward (AOTAutograd).
+    """
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(_task_value, dynamic=False))
+    return _COMPILED[0]
+
+
 def _objective(loss_fn: LossFn, cfg: SharpMAMLConfig, params, tasks: Tasks, *,
                offset=None, plans=None, masks=None) -> tuple[torch.Tensor, Any]:
     """Mean query loss after fine-tuning; returns (value, per-task plans)."""
-    def one(p, support, query, plan, mask):
-        adapted, new_plan = _inner_loop(loss_fn, cfg, p, support, offset, plan, mask)
-        return loss_fn(adapted, query).mean(), new_plan
+    if cfg.compile:
+        compiled = _compiled_task_value()
+
+        def one(p, support, query, plan, mask):
+            return compiled(loss_fn, cfg, p, support, query, offset, plan, mask)
+    else:
+        def one(p, support, query, plan, mask):
+            return _task_value(loss_fn, cfg, p, support, query, offset, plan, mask)
 
     values, new_plans = map_tasks(one, params, tasks, plans, masks or {}, cfg.task_batching)
     return values.mean(), new_plans
 
 
-def _hessian_free_pass(loss_fn: LossFn, cfg: SharpMAMLConfig, params, tasks: Tasks, *,
-                       offset=None, plans=None, masks=None) -> tuple[dict, torch.Tensor, Any]:
-    """Eq. (10) with every Hessian-vector product a central difference of gradients (HF-MAML).
+def _adjoint_pass(loss_fn: LossFn, cfg: SharpMAMLConfig, params, tasks: Tasks, *,
+                  offset=None, plans=None, masks=None) -> tuple[dict, torch.Tensor, Any]:
+    """Eq. (10) by an explicit adjoint sweep back through the fine-tuning steps.
 
-    Per task: the inner loop runs forward without a graph, then the adjoint
-    ``a`` (over the adapted parameters) goes backward through the steps,
-    ``a <- a - beta_low H(p_k) a`` with ``H(p_k)[0; a]`` approximated by
-    ``||a|| (grad L(p_k + delta a/||a||) - grad L(p_k - delta a/||a||)) / (2 delta)``;
-    the rows of that product on the frozen parameters (ANIL) accumulate their
-    meta-gradient.  Returns (mean meta-gradient, mean query loss, plans).
+    Per task: the inner loop runs forward without a graph, keeping only the
+    points at which its gradients were taken; then the adjoint ``a`` (over the
+    adapted parameters) goes backward through the steps,
+    ``a <- a - beta_low H(p_k) [a; 0]``, and the rows of that product on the
+    frozen parameters (ANIL) accumulate their meta-gradient.  The
+    Hessian-vector product is
+
+    * ``hvp="finite-difference"`` (HF-MAML): the central difference
+      ``||a|| (grad L(p_k + delta u) - grad L(p_k - delta u)) / (2 delta)``
+      with ``u = a / ||a||``, error O(delta^2);
+    * ``hvp="autograd"`` with ``checkpoint=True``: exact, by a vector-Jacobian
+      product of the gradient recomputed at ``p_k`` (reverse over reverse).
+      The same meta-gradient as the graph path, with memory for one step's
+      graph instead of ``N`` (gradient checkpointing at step granularity), for
+      one more forward and backward per step.
+
+    Returns (mean meta-gradient, mean query loss, plans).
     """
     delta = cfg.fd_delta
+
+    def hvp(support, point, weights, adj, names):
+        def full_grad(q):
+            return grad(lambda r: mean_loss(loss_fn, r, support, weights)[0])(q)
+        if cfg.hvp == "finite-difference":
+            norm = P.global_norm(adj)
+            unit = P.normalized(adj, 1.0)
+            plus = full_grad({**point, **P.axpy(delta, unit, {k: point[k] for k in names})})
+            minus = full_grad({**point, **P.axpy(-delta, unit, {k: point[k] for k in names})})
+            return {k: (plus[k] - minus[k]) * (norm / (2 * delta)) for k in point}
+        _, pullback = vjp(full_grad, point)
+        cotangent = {k: adj[k] if k in adj else torch.zeros_like(v) for k, v in point.items()}
+        return pullback(cotangent)[0]
 
     def one(p, support, query, plan, mask):
         trace: list = []
@@ -404,19 +478,90 @@ def _hessian_free_pass(loss_fn: LossFn, cfg: SharpMAMLConfig, params, tasks: Tas
         acc = {k: v for k, v in g_out.items() if k not in adj}
         if not cfg.first_order and cfg.inner_optimizer == "sgd":
             for point, weights in reversed(trace):
-                def full_grad(q, w=weights):
-                    return grad(lambda r: mean_loss(loss_fn, r, support, w)[0])(q)
-                norm = P.global_norm(adj)
-                unit = P.normalized(adj, 1.0)
-                plus = full_grad({**point, **P.axpy(delta, unit, {k: point[k] for k in names})})
-                minus = full_grad({**point, **P.axpy(-delta, unit, {k: point[k] for k in names})})
-                hv = {k: (plus[k] - minus[k]) * (norm / (2 * delta)) for k in point}
+                hv = hvp(support, point, weights, adj, names)
                 adj = {k: adj[k] - cfg.beta_low * hv[k] for k in adj}
                 acc = {k: acc[k] - cfg.beta_low * hv[k] for k in acc}
         return {k: {**acc, **adj}[k] for k in p}, value, new_plan
 
     grads, values, new_plans = map_tasks(one, params, tasks, plans, masks or {}, cfg.task_batching)
     return {k: v.mean(0) for k, v in grads.items()}, values.mean(), new_plans
+
+
+def _outermost(params: Mapping[str, torch.Tensor]) -> bool:
+    """True when nothing differentiates through this call: no torch.func transform is active
+    and no parameter takes part in a regular autograd graph."""
+    try:
+        from torch._C._functorch import is_functorch_wrapped_tensor, peek_interpreter_stack
+    except ImportError:                                     # private API moved: stay functional
+        return False
+    return peek_interpreter_stack() is None and not any(
+        v.requires_grad or is_functorch_wrapped_tensor(v) for v in params.values())
+
+
+def _grad_and_value(f: Callable, params: dict, has_aux: bool = False):
+    """``torch.func.grad_and_value(f, has_aux)(params)``, by one plain backward where it can.
+
+    ``torch.func.grad`` always records the graph of its own backward (so that it can be
+    nested), which makes the autograd engine accumulate gradients out of place and keep
+    second-order buffers alive.  At the outermost level no one differentiates the result,
+    so one ``torch.autograd.grad`` without ``create_graph`` gives the same numbers with
+    less work.  Inner levels (the fine-tuning gradients) stay torch.func transforms.
+    Inside a transform (vmap over runs, a Hessian of the meta-objective) or under an
+    outer autograd graph this falls back to ``torch.func``, so the result stays
+    differentiable.
+    """
+    if not _outermost(params):
+        return grad_and_value(f, has_aux=has_aux)(params)
+    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    with torch.enable_grad():
+        out = f(leaves)
+    value, aux = out if has_aux else (out, None)
+    grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
+    g = {k: torch.zeros_like(v) if d is None else d for (k, v), d in zip(leaves.items(), grads)}
+    aux = _tree_map(torch.Tensor.detach, aux)
+    return g, ((value.detach(), aux) if has_aux else value.detach())
+
+
+def _graph_pass(loss_fn: LossFn, cfg: SharpMAMLConfig, params: dict, tasks: Tasks, *,
+                offset=None, plans=None, masks=None) -> tuple[dict, torch.Tensor, Any]:
+    """Gradient of the mean query loss by differentiating through the inner loop's graph.
+
+    Returns (meta-gradient, value, detached per-task plans).  With
+    ``task_batching="loop"`` at the outermost level, each task's graph is
+    differentiated and freed before the next task is fine-tuned (as a per-task
+    ``backward`` would), so peak memory holds one task's graph, not ``M``.
+    """
+    masks = masks or {}
+    m = num_tasks(tasks)
+    if cfg.task_batching == "loop" and m > 1 and _outermost(params):
+        total, values, per_task = None, [], []
+        for i in range(m):
+            sub = Tasks(*(_tree_map(lambda t: t[i:i + 1], part) for part in tasks))
+            g, (value, plan) = _grad_and_value(
+                lambda p: _objective(loss_fn, cfg, p, sub, offset=offset,
+                                     plans=None if plans is None else _tree_map(lambda t: t[i:i + 1], plans),
+                                     masks=_tree_map(lambda t: t[i:i + 1], masks)),
+                params, has_aux=True)
+            total = g if total is None else {k: total[k] + g[k] for k in g}
+            values.append(value)
+            per_task.append(plan)
+        grads = {k: v / m for k, v in total.items()}
+        return grads, torch.stack(values).mean(), _concat(per_task)
+    g, (value, new_plans) = _grad_and_value(
+        lambda p: _objective(loss_fn, cfg, p, tasks, offset=offset, plans=plans, masks=masks),
+        params, has_aux=True)
+    return g, value.detach(), _tree_map(torch.Tensor.detach, new_plans)
+
+
+def _concat(trees: list) -> Any:
+    first = trees[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(trees)
+    if isinstance(first, Mapping):
+        return {k: _concat([t[k] for t in trees]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(_concat([t[i] for t in trees]) for i in range(len(first)))
+    raise TypeError(f"cannot concatenate {type(first).__name__}")
 
 
 def meta_objective(loss_fn: LossFn, params: Mapping[str, torch.Tensor], tasks: Tasks,
@@ -445,40 +590,33 @@ def meta_gradient(loss_fn: LossFn, params: Mapping[str, torch.Tensor], tasks: Ta
     params = dict(params)
     masks = _swp_masks(cfg, params, num_tasks(tasks), generator)
 
-    if cfg.hvp == "finite-difference":
-        h, value, plans = _hessian_free_pass(loss_fn, cfg, params, tasks, masks=masks)
+    if cfg.hvp == "finite-difference" or cfg.checkpoint:
+        h, value, plans = _adjoint_pass(loss_fn, cfg, params, tasks, masks=masks)
         if cfg.alpha_up == 0:
             return MetaGradient(h, value, None)
         eps = P.normalized(h, cfg.alpha_up)
-        g, value, _ = _hessian_free_pass(loss_fn, cfg, params, tasks, offset=eps, plans=plans,
-                                         masks=masks)
+        g, value, _ = _adjoint_pass(loss_fn, cfg, params, tasks, offset=eps, plans=plans,
+                                    masks=masks)
         return MetaGradient(g, value, eps)
 
     def first_pass(p):
         return _objective(loss_fn, cfg, p, tasks, masks=masks)
 
-    if cfg.alpha_up == 0:
-        (g, (value, _)) = grad_and_value(first_pass, has_aux=True)(params)
-        return MetaGradient(g, value.detach(), None)
+    if cfg.alpha_up == 0 or not cfg.differentiate_perturbations:
+        h, value, plans = _graph_pass(loss_fn, cfg, params, tasks, masks=masks)
+        if cfg.alpha_up == 0:
+            return MetaGradient(h, value, None)
+        eps = P.normalized(P.detach(h), cfg.alpha_up)
+        g, value, _ = _graph_pass(loss_fn, cfg, params, tasks, offset=eps, plans=plans, masks=masks)
+        return MetaGradient(g, value, eps)
 
-    if cfg.differentiate_perturbations:
-        def composite(p):
-            h, plans = grad(first_pass, has_aux=True)(p)
-            eps = P.normalized(h, cfg.alpha_up)
-            value, _ = _objective(loss_fn, cfg, p, tasks, offset=eps, plans=plans, masks=masks)
-            return value, P.detach(eps)
+    def composite(p):
+        h, plans = grad(first_pass, has_aux=True)(p)
+        eps = P.normalized(h, cfg.alpha_up)
+        value, _ = _objective(loss_fn, cfg, p, tasks, offset=eps, plans=plans, masks=masks)
+        return value, P.detach(eps)
 
-        g, (value, eps) = grad_and_value(composite, has_aux=True)(params)
-        return MetaGradient(g, value.detach(), eps)
-
-    h, plans = grad(first_pass, has_aux=True)(params)
-    eps = P.normalized(P.detach(h), cfg.alpha_up)
-    plans = _tree_map(torch.Tensor.detach, plans)
-
-    def second_pass(p):
-        return _objective(loss_fn, cfg, p, tasks, offset=eps, plans=plans, masks=masks)[0]
-
-    g, value = grad_and_value(second_pass)(params)
+    g, (value, eps) = _grad_and_value(composite, params, has_aux=True)
     return MetaGradient(g, value.detach(), eps)
 
 

@@ -258,3 +258,64 @@ def test_normalized_handles_zero_and_scales_to_radius():
     assert all(torch.equal(v, torch.zeros_like(v)) for v in P.normalized(z, 1.0).values())
     x = {"a": torch.tensor([3.0]), "b": torch.tensor([4.0])}
     assert torch.isclose(P.global_norm(P.normalized(x, 2.0)), torch.tensor(2.0))
+
+
+@pytest.mark.parametrize("batching", ["vmap", "loop"])
+@pytest.mark.parametrize("name", ["maml", "fomaml", "sharp-low", "sharp-up", "sharp-both", "anil",
+                                  "sharp-anil", "esharp", "esharp-anil"])
+def test_checkpointed_adjoint_sweep_gives_the_graph_meta_gradient(name, batching):
+    params, tasks = mlp_setup()
+    kw = {"head_names": HEAD} if "anil" in name else {}
+    graph = algorithms.make(name, beta_low=0.3, inner_steps=3, task_batching=batching, **kw)
+    ckpt = algorithms.with_config(graph, checkpoint=True)
+    a = graph.meta_gradient(mlp_loss, params, tasks, generator=torch.Generator().manual_seed(1))
+    b = ckpt.meta_gradient(mlp_loss, params, tasks, generator=torch.Generator().manual_seed(1))
+    assert max((a.grad[k] - b.grad[k]).abs().max().item() for k in a.grad) <= TOL
+    assert abs(a.loss.item() - b.loss.item()) <= TOL
+    if a.eps is not None:
+        assert max((a.eps[k] - b.eps[k]).abs().max().item() for k in a.eps) <= TOL
+
+
+def test_checkpoint_is_refused_where_it_cannot_apply():
+    with pytest.raises(ValueError, match="checkpoint=True"):
+        SharpMAMLConfig(beta_low=0.1, alpha_up=0.1, checkpoint=True, differentiate_perturbations=True)
+    with pytest.raises(ValueError, match="checkpoint=True applies"):
+        algorithms.make("reptile", beta_low=0.1, checkpoint=True)
+
+
+@pytest.mark.parametrize("name", ["maml", "sharp-both"])
+def test_meta_gradient_stays_differentiable_inside_transforms(name):
+    """The outermost gradient is taken by one plain backward; inside vmap (a batch of runs)
+    or under an outer autograd graph it must still give the same numbers and stay
+    differentiable."""
+    params, tasks = mlp_setup()
+    alg = algorithms.make(name, beta_low=0.3, inner_steps=2)
+    runs = {k: torch.stack([v, v * 0.5]) for k, v in params.items()}
+    batched = torch.func.vmap(lambda p: alg.meta_gradient(mlp_loss, p, tasks).grad)(runs)
+    for r in range(2):
+        one = alg.meta_gradient(mlp_loss, {k: v[r] for k, v in runs.items()}, tasks).grad
+        assert max((batched[k][r] - one[k]).abs().max().item() for k in one) <= TOL
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    g = alg.meta_gradient(mlp_loss, leaves, tasks).grad
+    (d,) = torch.autograd.grad(sum(v.sum() for v in g.values()), [leaves["head.b"]])
+    assert torch.isfinite(d).all() and d.abs().item() > 0
+
+
+@pytest.mark.parametrize("name", ["sharp-low", pytest.param("sharp-both", marks=pytest.mark.slow)])
+def test_compiled_loop_gives_the_eager_meta_gradient(name):
+    """torch.compile of the per-task graph path (one compile, ~20 s on a CPU) changes the
+    schedule of the arithmetic, not the meta-gradient."""
+    params, tasks = mlp_setup()
+    eager = algorithms.make(name, beta_low=0.3, inner_steps=2, task_batching="loop")
+    compiled = algorithms.with_config(eager, compile=True)
+    a = eager.meta_gradient(mlp_loss, params, tasks)
+    b = compiled.meta_gradient(mlp_loss, params, tasks)
+    assert max((a.grad[k] - b.grad[k]).abs().max().item() for k in a.grad) <= TOL
+    assert abs(a.loss.item() - b.loss.item()) <= TOL
+
+
+def test_compile_is_refused_off_the_per_task_graph_path():
+    for bad in ({"task_batching": "vmap"}, {"task_batching": "loop", "checkpoint": True},
+                {"task_batching": "loop", "hvp": "finite-difference"}):
+        with pytest.raises(ValueError, match="compile=True"):
+            SharpMAMLConfig(beta_low=0.1, compile=True, **bad)
