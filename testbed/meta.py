@@ -381,18 +381,19 @@ def map_tasks(one: Callable, params, tasks: Tasks, plans, masks: dict, mode: str
     outs = [one(params, task(tasks.support, m), task(tasks.query, m),
                 None if plans is None else task(plans, m), task(masks, m))
             for m in range(num_tasks(tasks))]
-    return _stack(outs)
+    return _join(outs)
 
 
-def _stack(trees: list) -> Any:
+def _join(trees: list, op: Callable = torch.stack) -> Any:
+    """Join same-structured trees leaf by leaf with ``op`` (``torch.stack`` or ``torch.cat``)."""
     first = trees[0]
     if isinstance(first, torch.Tensor):
-        return torch.stack(trees)
+        return op(trees)
     if isinstance(first, Mapping):
-        return {k: _stack([t[k] for t in trees]) for k in first}
+        return {k: _join([t[k] for t in trees], op) for k in first}
     if isinstance(first, (tuple, list)):
-        return type(first)(_stack([t[i] for t in trees]) for i in range(len(first)))
-    raise TypeError(f"cannot stack {type(first).__name__}")
+        return type(first)(_join([t[i] for t in trees], op) for i in range(len(first)))
+    raise TypeError(f"cannot join {type(first).__name__}")
 
 
 def _task_value(loss_fn: LossFn, cfg: SharpMAMLConfig, p, support, query, offset, plan, mask):
@@ -546,22 +547,11 @@ def _graph_pass(loss_fn: LossFn, cfg: SharpMAMLConfig, params: dict, tasks: Task
             values.append(value)
             per_task.append(plan)
         grads = {k: v / m for k, v in total.items()}
-        return grads, torch.stack(values).mean(), _concat(per_task)
+        return grads, torch.stack(values).mean(), _join(per_task, torch.cat)
     g, (value, new_plans) = _grad_and_value(
         lambda p: _objective(loss_fn, cfg, p, tasks, offset=offset, plans=plans, masks=masks),
         params, has_aux=True)
     return g, value.detach(), _tree_map(torch.Tensor.detach, new_plans)
-
-
-def _concat(trees: list) -> Any:
-    first = trees[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat(trees)
-    if isinstance(first, Mapping):
-        return {k: _concat([t[k] for t in trees]) for k in first}
-    if isinstance(first, (tuple, list)):
-        return type(first)(_concat([t[i] for t in trees]) for i in range(len(first)))
-    raise TypeError(f"cannot concatenate {type(first).__name__}")
 
 
 def meta_objective(loss_fn: LossFn, params: Mapping[str, torch.Tensor], tasks: Tasks,
