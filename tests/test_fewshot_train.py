@@ -157,3 +157,33 @@ def test_a_diverging_learning_rate_exits_2_from_the_command_line(toy, tmp_path, 
     assert main(argv) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "non-finite" in lines[0] and "iteration 0" in lines[0]
+
+
+def test_bf16_autocast_takes_effect_and_leaves_accuracy_unchanged(toy, tmp_path):
+    """Meta-gradients and evaluation under bfloat16 autocast: the run's numbers change (the
+    option acts) but its test accuracy stays within the two runs' 95% intervals."""
+    common = dict(iterations=20, hidden=8, meta_batch=4, queries=2, eval_episodes=60,
+                  checkpoint_every=20, log_every=20)
+    f32 = run(_tiny(toy, tmp_path / "f32", **common), progress=None)
+    bf16 = run(_tiny(toy, tmp_path / "bf16", precision="bf16", **common), progress=None)
+    p32 = load_checkpoint(tmp_path / "f32" / CHECKPOINT_NAME)["params"]
+    p16 = load_checkpoint(tmp_path / "bf16" / CHECKPOINT_NAME)["params"]
+    assert all(v.dtype == torch.float32 for v in p16.values())
+    assert any(not torch.equal(p32[k], p16[k]) for k in p32)
+    assert f32.test.accuracy > 0.5 and bf16.test.accuracy > 0.5       # 3-way: chance is 1/3
+    assert abs(f32.test.accuracy - bf16.test.accuracy) <= f32.test.ci95 + bf16.test.ci95
+
+
+def test_gradient_checkpointing_trains_the_same_parameters(toy, tmp_path):
+    common = dict(iterations=3, inner_steps=3, task_batching="loop", eval_episodes=0)
+    run(_tiny(toy, tmp_path / "graph", **common), progress=None)
+    run(_tiny(toy, tmp_path / "ckpt", gradient_checkpointing=True, **common), progress=None)
+    a = load_checkpoint(tmp_path / "graph" / CHECKPOINT_NAME)["params"]
+    b = load_checkpoint(tmp_path / "ckpt" / CHECKPOINT_NAME)["params"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+
+
+def test_tf32_needs_cuda(toy, tmp_path):
+    with pytest.raises(ValueError, match="tf32"):
+        _tiny(toy, tmp_path, precision="tf32")
+    assert main(["train", "--source", toy, "--precision", "tf32", "--out", str(tmp_path)]) == 2

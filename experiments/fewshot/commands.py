@@ -16,6 +16,7 @@ from pathlib import Path
 
 from experiments.cliutil import nonnegative_int, positive_float, positive_int
 from experiments.data import DATA_ENV, SPEC_FORMS
+from experiments.fewshot.common import PRECISIONS
 from experiments.fewshot.config import TrainConfig
 from testbed.algorithms import NAMES
 
@@ -54,6 +55,9 @@ _TRAIN_OPTIONS = {
     "device": (str, "torch device: cpu or cuda[:k]"),
     "threads": (positive_int, "torch threads for this run; default: torch's choice"),
     "task_batching": (str, "loop (task after task) or vmap (vectorised over tasks)"),
+    "precision": (str, "float32; bf16 (torch.autocast with bfloat16: products in bfloat16, "
+                       "parameters and updates in float32; slow on CPUs without bfloat16); "
+                       "tf32 (CUDA tensor cores)"),
     "checkpoint_every": (positive_int, "write OUT/checkpoint.pt every this many iterations (and at the end)"),
     "log_every": (positive_int, "one OUT/log.jsonl line (loss, batch accuracy) every this many iterations"),
     "val_every": (nonnegative_int, "validate on part val every this many iterations (0: never)"),
@@ -86,9 +90,16 @@ def _add_train(sub) -> None:
         extra = {"choices": NAMES} if name == "algorithm" else {}
         if name == "task_batching":
             extra = {"choices": ("loop", "vmap")}
+        if name == "precision":
+            extra = {"choices": PRECISIONS}
         p.add_argument(_option(name), type=kind, help=_with_default(name, text), **extra)
     p.add_argument("--first-order", action="store_true",
                    help="drop the Hessian term of eq. (10) (first-order meta-gradient)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="keep each fine-tuning step's point, not its graph, and recompute the "
+                        "step in the backward sweep: the same meta-gradient with memory for one "
+                        "inner step instead of --inner-steps (about one more forward and backward "
+                        "per step)")
     _add_data_root(p)
     p.add_argument("--resume", action="store_true", default=False,
                    help="continue from OUT/checkpoint.pt (its training settings must match)")

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import subprocess
 import sys
@@ -70,12 +71,49 @@ def evaluation_episode_seed(seed: int, episode: int) -> list[int]:
 def build_algorithm(name: str, *, beta_low: float, inner_steps: int, alpha_low: float | None = None,
                     alpha_up: float | None = None, swp_keep: float | None = None,
                     sds_fraction: float | None = None, sam_alpha: float | None = None,
-                    first_order: bool = False, task_batching: str = "vmap") -> Algorithm:
-    """``testbed.algorithms.make`` for Conv-4: the ANIL variants adapt :data:`HEAD_NAMES`."""
+                    first_order: bool = False, task_batching: str = "vmap",
+                    checkpoint: bool = False) -> Algorithm:
+    """``testbed.algorithms.make`` for Conv-4: the ANIL variants adapt :data:`HEAD_NAMES`.
+
+    ``checkpoint`` (gradient checkpointing) applies to the MAML-type algorithms; for the
+    others (reptile, imaml, sam, agnostic-sam), which keep no inner-loop graph, it is ignored.
+    """
     return algorithms.make(
         name, beta_low=beta_low, inner_steps=inner_steps, alpha_low=alpha_low, alpha_up=alpha_up,
         head_names=HEAD_NAMES, swp_keep=swp_keep, sds_fraction=sds_fraction, sam_alpha=sam_alpha,
-        first_order=first_order, task_batching=task_batching)
+        first_order=first_order, task_batching=task_batching,
+        checkpoint=checkpoint and name not in _NO_INNER_GRAPH)
+
+
+_NO_INNER_GRAPH = ("reptile", "imaml", "sam", "agnostic-sam")
+
+PRECISIONS = ("float32", "bf16", "tf32")
+
+
+@contextlib.contextmanager
+def precision_context(precision: str, device: str):
+    """The arithmetic of ``precision`` (:data:`PRECISIONS`) on ``device`` for the block.
+
+    ``bf16``: ``torch.autocast`` with bfloat16 (on CPUs without native bfloat16 this is
+    slower than float32).  ``tf32``: TensorFloat-32 matrix products and convolutions on
+    CUDA, restored afterwards.  ``float32``: nothing changes.
+    """
+    if precision == "float32":
+        yield
+    elif precision == "bf16":
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
+            yield
+    elif precision == "tf32":
+        if not device.startswith("cuda"):
+            raise ValueError(f"precision 'tf32' needs a CUDA device, got {device!r}")
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    else:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
 def episode_metrics(algorithm: Algorithm, params: Mapping[str, torch.Tensor], support: Mapping,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from experiments.fewshot.common import build_algorithm
+from experiments.fewshot.common import PRECISIONS, build_algorithm
 from testbed import validate as V
 from testbed.algorithms import NAMES, Algorithm
 from testbed.meta import BATCHING
@@ -21,7 +21,7 @@ from testbed.meta import BATCHING
 TRAINING_FIELDS = (
     "algorithm", "source", "image_size", "ways", "shots", "queries", "hidden", "inner_steps",
     "beta_low", "alpha_low", "alpha_up", "swp_keep", "sds_fraction", "sam_alpha", "first_order",
-    "meta_batch", "meta_lr", "seed", "task_batching",
+    "meta_batch", "meta_lr", "seed", "task_batching", "precision", "gradient_checkpointing",
 )
 
 
@@ -59,6 +59,14 @@ class TrainConfig:
                    queries per class the loop took 9.7 s/iteration against vmap's 15.3; with 32
                    filters and 5 queries vmap took 1.2 s against the loop's 2.3.  The default
                    matches the default model; pass vmap for small models (and on GPUs).
+    precision:     "float32"; "bf16" (meta-gradients and evaluation under ``torch.autocast``
+                   with bfloat16: convolutions and matrix products in bfloat16, parameters and
+                   the meta-update in float32); "tf32" (CUDA only: float32 tensors, TensorFloat-32
+                   tensor-core products).  Whether accuracy is unchanged is for each run to show
+                   (compare with a float32 run on the same seed; README).
+    gradient_checkpointing: keep only each fine-tuning step's point, not its graph, and
+                   recompute each step in the backward sweep (``checkpoint=True`` of the core):
+                   the same meta-gradient in memory for one step instead of ``inner_steps``.
     checkpoint_every: write a checkpoint every this many iterations (and at the end): 1000
                    (MAML ``SAVE_INTERVAL``).
     log_every:     one JSONL line (mean loss, post-adaptation query accuracy of the current
@@ -96,6 +104,8 @@ class TrainConfig:
     device: str = "cpu"
     threads: int | None = None
     task_batching: str = "loop"
+    precision: str = "float32"
+    gradient_checkpointing: bool = False
     checkpoint_every: int = 1000
     log_every: int = 50
     val_every: int = 0
@@ -126,6 +136,10 @@ class TrainConfig:
                 V.positive_int(name, getattr(self, name))
         V.positive("meta_lr", self.meta_lr)
         V.one_of("task_batching", self.task_batching, BATCHING)
+        V.one_of("precision", self.precision, PRECISIONS)
+        if self.precision == "tf32" and not self.device.startswith("cuda"):
+            raise ValueError(f"precision 'tf32' is a CUDA tensor-core mode; on device "
+                             f"{self.device!r} use float32 or bf16")
         if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"device must be 'cpu' or 'cuda[:k]', got {self.device!r}")
         self.build_algorithm()  # validates the algorithm's own hyper-parameters
@@ -137,7 +151,8 @@ class TrainConfig:
             inner_steps=self.inner_steps if inner_steps is None else inner_steps,
             alpha_low=self.alpha_low, alpha_up=self.alpha_up, swp_keep=self.swp_keep,
             sds_fraction=self.sds_fraction, sam_alpha=self.sam_alpha,
-            first_order=self.first_order, task_batching=self.task_batching)
+            first_order=self.first_order, task_batching=self.task_batching,
+            checkpoint=self.gradient_checkpointing)
 
     @property
     def needs_generator(self) -> bool:

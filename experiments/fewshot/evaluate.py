@@ -30,7 +30,7 @@ import torch
 from experiments.data import FewShotSource, resolve_source, sample_episode
 from experiments.fewshot.checkpoint import load_checkpoint
 from experiments.fewshot.common import (STREAM_EVAL_SWP, derived_generator, episode_metrics,
-                                        evaluation_episode_seed, split_episode)
+                                        evaluation_episode_seed, precision_context, split_episode)
 from experiments.fewshot.config import TrainConfig
 
 Z_95 = 1.96
@@ -110,7 +110,8 @@ def evaluate_params(params: Mapping[str, torch.Tensor], config: TrainConfig, sou
                                  evaluation_episode_seed(seed, i))
         support, query = split_episode(episode, config.device)
         generator = derived_generator(seed, STREAM_EVAL_SWP, i, config.device) if needs_generator else None
-        loss, accuracy = episode_metrics(algorithm, params, support, query, generator)
+        with precision_context(config.precision, config.device):
+            loss, accuracy = episode_metrics(algorithm, params, support, query, generator)
         losses.append(loss)
         accuracies.append(accuracy)
     mean, std, ci95 = confidence_interval(accuracies)

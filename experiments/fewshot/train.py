@@ -37,7 +37,8 @@ import torch
 from experiments.data import FewShotSource, episode_batch, resolve_source
 from experiments.fewshot.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from experiments.fewshot.common import (STREAM_INIT, STREAM_LOG_SWP, STREAM_SWP, as_tasks,
-                                        derived_generator, environment, episode_metrics)
+                                        derived_generator, environment, episode_metrics,
+                                        precision_context)
 from experiments.fewshot.config import TrainConfig, training_differences
 from experiments.fewshot.evaluate import EvalResult, evaluate_params
 from experiments.fewshot.model import cross_entropy_loss, init_conv4
@@ -235,7 +236,8 @@ def run(config: TrainConfig, *, resume: bool = False, progress: TextIO | None = 
                                     config.meta_batch, config.seed, t)
             tasks = as_tasks(episode, config.device)
             generator = derived_generator(config.seed, STREAM_SWP, t, config.device) if config.needs_generator else None
-            step = algorithm.meta_gradient(loss_fn, params, tasks, generator=generator)
+            with precision_context(config.precision, config.device):
+                step = algorithm.meta_gradient(loss_fn, params, tasks, generator=generator)
             if not _all_finite(step.loss, step.grad):
                 bar.close()
                 where = (f"{checkpoint} (iteration {last_saved})" if last_saved is not None
@@ -247,7 +249,8 @@ def run(config: TrainConfig, *, resume: bool = False, progress: TextIO | None = 
             window.append(float(step.loss))
             logged = done % config.log_every == 0 or done == config.iterations
             if logged:
-                accuracy = _batch_accuracy(config, params, tasks, t)
+                with precision_context(config.precision, config.device):
+                    accuracy = _batch_accuracy(config, params, tasks, t)
             params = optimizer.step(step.grad)
             elapsed = time.perf_counter() - began
             rate = (done - start) / elapsed if elapsed > 0 else math.inf
