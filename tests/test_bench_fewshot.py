@@ -59,3 +59,17 @@ def test_bench_runs_and_refuses_disagreeing_references(monkeypatch):
 def test_bench_cli_rejects_a_missing_device(capsys):
     assert main(["bench", "fewshot", "--device", "tpu"]) == 2
     assert "--device" in capsys.readouterr().err
+
+
+def test_compile_adds_the_compiled_core_and_nothing_otherwise():
+    assert fewshot.COMPILED not in fewshot.implementations()
+    assert fewshot.COMPILED in fewshot.implementations(compile=True)
+
+
+@pytest.mark.slow
+def test_compiled_core_computes_the_cores_meta_gradient_in_float64():
+    """Compiling Conv-4's double backward takes a minute or two on a CPU: slow tier."""
+    params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
+    args = (params, tasks, TINY.beta_low, TINY.inner_steps)
+    impls = fewshot.implementations(compile=True)
+    assert fewshot.relative_error(impls[fewshot.COMPILED](*args), impls["core, vmap"](*args)) <= 1e-10

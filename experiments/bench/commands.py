@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from experiments.cliutil import positive_int
+from experiments.cliutil import positive_int, positive_int_list
 
 
 def register(sub) -> None:
@@ -21,8 +21,11 @@ def register(sub) -> None:
                     "plain autograd loop, a 'higher' loop and parallel-metalearn's vmapped MAML "
                     "(the last two with pip install '.[bench]'), after checking they agree in "
                     "float64, and every Sharp variant against MAML with its FLOP ratio and the "
-                    "paper's Table 3 ratio.")
-    p.add_argument("suite", choices=("synthetic", "fewshot"), help="which benchmark")
+                    "paper's Table 3 ratio. 'memory' measures the peak memory and time of one "
+                    "Conv-4 MAML meta-gradient as the inner loop grows (--steps), for the graph "
+                    "path with tasks vectorised or looped, the checkpointed adjoint sweep, and "
+                    "first order, each in a fresh process.")
+    p.add_argument("suite", choices=("synthetic", "fewshot", "memory"), help="which benchmark")
     p.add_argument("--family", choices=("quadratic", "tanh"), default="quadratic",
                    help="task family of the sweep (default %(default)s)")
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds per setting (default %(default)s)")
@@ -36,12 +39,50 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu", help="fewshot: torch device, cpu or cuda (default %(default)s)")
     p.add_argument("--repeats", type=positive_int, default=3,
                    help="fewshot: timed runs per measurement, median reported (default %(default)s)")
+    p.add_argument("--compile", action="store_true",
+                   help="fewshot: also time the core's per-task loop under torch.compile, after "
+                        "checking it in float64 (compiling takes minutes on a CPU and is not timed)")
+    p.add_argument("--steps", type=positive_int_list, default=(1, 5, 10, 20),
+                   help="memory: inner-step counts N to measure, comma-separated (default 1,5,10,20)")
     p.add_argument("--out", type=Path, help="also write bench_<suite>.json and .md here")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    return _fewshot(args) if args.suite == "fewshot" else _synthetic(args)
+    return {"fewshot": _fewshot, "memory": _memory, "synthetic": _synthetic}[args.suite](args)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"--device must be cpu or cuda[:N], got {device!r}")
+
+
+def _memory(args: argparse.Namespace) -> int:
+    from experiments.bench import fewshot, memory
+
+    _check_device(args.device)
+    names = list(fewshot.SETTINGS) if args.setting == "all" else [args.setting]
+    tables, bodies = [], {}
+    for name in names:
+        result = memory.run(name, args.scale, tuple(args.steps), args.device, progress=sys.stderr)
+        tables.append(memory.format_table(result))
+        bodies[result.setting] = result.to_dict()
+        print(tables[-1] + "\n", flush=True)
+    meta = {**_meta(f"testbed bench memory --setting {args.setting} --scale {args.scale} "
+                    f"--device {args.device} --steps {','.join(map(str, args.steps))}"),
+            "device": _device_name(args.device)}
+    _write(args.out, "memory", meta, {"results": bodies}, "\n\n".join(tables))
+    return 0
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    return device if device == "cpu" else torch.cuda.get_device_name(device)
 
 
 def _meta(command: str) -> dict:
@@ -70,10 +111,7 @@ def _fewshot(args: argparse.Namespace) -> int:
 
     from experiments.bench import fewshot
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: no CUDA device is available")
-    if args.device != "cpu" and not args.device.startswith("cuda"):
-        raise ValueError(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    _check_device(args.device)
     from experiments.fewshot.common import keep_freed_memory
 
     # as testbed train does: without it glibc unmaps and re-faults every large temporary,
@@ -85,13 +123,15 @@ def _fewshot(args: argparse.Namespace) -> int:
         setting = fewshot.SETTINGS[name]
         if args.scale == "small":
             setting = fewshot.small(setting)
-        result = fewshot.run(setting, args.device, args.repeats, progress=sys.stderr)
+        result = fewshot.run(setting, args.device, args.repeats, progress=sys.stderr,
+                             compile=args.compile)
         tables.append(fewshot.format_table(result))
         bodies[setting.name] = result.to_dict()
         print(tables[-1] + "\n", flush=True)
     device = args.device if args.device == "cpu" else torch.cuda.get_device_name(args.device)
     meta = {**_meta(f"testbed bench fewshot --setting {args.setting} --scale {args.scale} "
-                    f"--device {args.device} --repeats {args.repeats}"), "device": device,
+                    f"--device {args.device} --repeats {args.repeats}"
+                    + (" --compile" if args.compile else "")), "device": device,
             "allocator": "glibc keeps freed memory (as testbed train)" if kept else "default"}
     _write(args.out, "fewshot", meta, {"results": bodies}, "\n\n".join(tables))
     return 0

@@ -246,16 +246,29 @@ def parallel_metalearn_maml(params: dict, tasks: Tasks, beta_low: float, steps: 
     return {k: grads[k] for k in params}
 
 
-def core_maml(batching: str) -> Callable:
+def core_maml(batching: str, compile: bool = False) -> Callable:
     def run(params, tasks, beta_low, steps):
         alg = algorithms.make("maml", beta_low=beta_low, inner_steps=steps, task_batching=batching)
+        if compile:
+            alg = algorithms.with_config(alg, compile=True)
         return alg.meta_gradient(cross_entropy_loss, params, tasks).grad
     return run
 
 
-def implementations() -> dict[str, Callable]:
+COMPILED = "core, loop, compiled"
+
+
+def implementations(compile: bool = False) -> dict[str, Callable]:
+    """Name -> ``fn(params, tasks, beta_low, steps) -> meta-gradient`` for every MAML at hand.
+
+    ``compile`` adds the core's loop under ``torch.compile`` (:data:`COMPILED`); its first
+    call per dtype and shape compiles (minutes for Conv-4 on a CPU, not timed: the warm-up
+    and the float64 check take it).
+    """
     out = {"core, vmap": core_maml("vmap"), "core, loop": core_maml("loop"),
            "autograd loop": plain_autograd_maml}
+    if compile:
+        out[COMPILED] = core_maml("loop", compile=True)
     try:
         import higher  # noqa: F401  (optional extra "bench")
     except ImportError:
@@ -324,10 +337,11 @@ class FewshotBench:
 
 
 def run(setting: Setting, device: str = "cpu", repeats: int = 3,
-        variants: tuple[str, ...] = VARIANTS, progress=None) -> FewshotBench:
+        variants: tuple[str, ...] = VARIANTS, progress=None, compile: bool = False) -> FewshotBench:
     """Check agreement, then time MAML's implementations and every variant.
 
     ``progress``: a text stream that gets one line per stage (None: silent).
+    ``compile``: also time the core's loop under ``torch.compile`` (see :func:`implementations`).
     """
     def say(text: str) -> None:
         if progress is not None:
@@ -340,7 +354,7 @@ def run(setting: Setting, device: str = "cpu", repeats: int = 3,
         variants = ("maml",) + tuple(variants)
     params, tasks = make_problem(setting, device)
     args = (params, tasks, setting.beta_low, setting.inner_steps)
-    impls = implementations()
+    impls = implementations(compile=True) if compile else implementations()
     # the check uses the first CHECK_TASKS tasks of the meta-batch (the meta-gradient is a
     # mean over tasks, so agreement per task is what matters; a float64 second-order graph
     # of the whole paper-scale batch does not fit in 24 GiB)

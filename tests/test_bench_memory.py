@@ -1,0 +1,41 @@
+"""``testbed bench memory``: every mode measured in its own process; a mode that does not fit
+is reported as such instead of killing the bench."""
+
+import json
+
+import pytest
+
+from experiments.bench import memory
+from experiments.cli import main
+
+
+def test_memory_bench_measures_every_mode_at_every_step_count(monkeypatch):
+    result = memory.run("omniglot-20w1s", scale="small", steps=(2,), threads=1)
+    assert set(result.peak_mib) == set(memory.MODES)
+    for mode in memory.MODES:
+        assert set(result.peak_mib[mode]) == {2}
+        assert all(v is not None and v >= 0 for v in result.peak_mib[mode].values())
+        assert all(v is not None and v > 0 for v in result.seconds[mode].values())
+    assert result.cap_gib is not None and result.cap_gib > 0
+    table = memory.format_table(result)
+    assert "checkpoint, loop" in table and "MiB" in table
+    json.dumps(result.to_dict())
+
+
+def test_a_mode_over_the_address_space_cap_reads_does_not_fit(monkeypatch):
+    # 1.5 GiB of address space: enough to import torch, not for a 64-filter
+    # mini-ImageNet meta-batch's graph
+    monkeypatch.setattr(memory, "_address_space_cap", lambda: int(1.5 * 2 ** 30))
+    result = memory.run("miniimagenet-5w1s", scale="paper", steps=(5,), modes=("graph, vmap",),
+                        threads=1)
+    assert result.peak_mib["graph, vmap"][5] is None
+    assert "does not fit" in memory.format_table(result)
+
+
+def test_memory_bench_rejects_bad_input(capsys):
+    with pytest.raises(ValueError, match="mode"):
+        memory.run("omniglot-20w1s", modes=("nonsense",))
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "memory", "--steps", "0,2"])
+    assert exit_.value.code == 2
+    assert "--steps" in capsys.readouterr().err
