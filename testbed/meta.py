@@ -359,7 +359,9 @@ def _swp_masks(cfg: SharpMAMLConfig, params: Mapping[str, torch.Tensor], m: int,
     out = {}
     for n in names:
         p = params[n]
-        probs = torch.full((m, cfg.inner_steps, *p.shape), cfg.swp_keep, dtype=p.dtype)
+        # drawn where the generator lives (a CUDA generator cannot draw CPU tensors), then moved
+        probs = torch.full((m, cfg.inner_steps, *p.shape), cfg.swp_keep, dtype=p.dtype,
+                           device=generator.device)
         out[n] = torch.bernoulli(probs, generator=generator).to(p.device)
     return out
 

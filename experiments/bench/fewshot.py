@@ -15,7 +15,8 @@ meta-batch), in one process:
 2. Every Sharp variant's time per meta-gradient over MAML's, next to its
    operation-count ratio (FLOPs counted by ``torch.utils.flop_counter``) and
    the ratio the paper's Table 3 reports.
-3. Peak memory per variant (CUDA only).
+3. Peak memory per implementation and per variant (CUDA only; on CPU
+   ``testbed bench memory`` measures it, one process per measurement).
 
 Times are medians over ``repeats`` runs after one warm-up.
 """
@@ -331,6 +332,7 @@ class FewshotBench:
     variant_gflops: dict[str, float]
     variant_peak_mb: dict[str, float | None]
     batching: str
+    maml_peak_mb: dict[str, float | None] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -372,10 +374,12 @@ def run(setting: Setting, device: str = "cpu", repeats: int = 3,
             raise RuntimeError(f"{name} disagrees with the core's meta-gradient by "
                                f"{agreement[name]:.2e} in float64 (> {AGREEMENT:g}); no timing reported")
         float32_error[name] = relative_error(_float64(fn(*narrow)), reference)
-    maml_seconds = {}
+    maml_seconds, maml_peak = {}, {}
     for name, fn in impls.items():
         say(f"timing MAML, {name}")
+        _reset_peak(device)
         maml_seconds[name] = median_seconds(lambda fn=fn: fn(*args), repeats, device)
+        maml_peak[name] = _peak_mb(device)
     batching = "vmap" if maml_seconds["core, vmap"] <= maml_seconds["core, loop"] else "loop"
     seconds, gflops, peak = {}, {}, {}
     for name in variants:
@@ -391,12 +395,24 @@ def run(setting: Setting, device: str = "cpu", repeats: int = 3,
         with FlopCounterMode(display=False) as counter:
             call()
         gflops[name] = counter.get_total_flops() / 1e9
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
+        _reset_peak(device)
         seconds[name] = median_seconds(call, repeats, device)
-        peak[name] = torch.cuda.max_memory_allocated() / 2 ** 20 if device.startswith("cuda") else None
+        peak[name] = _peak_mb(device)
     return FewshotBench(setting, device, repeats, maml_seconds, agreement, float32_error, seconds,
-                        gflops, peak, batching)
+                        gflops, peak, batching, maml_peak)
+
+
+def _reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_mb(device: str) -> float | None:
+    """Peak CUDA memory allocated since :func:`_reset_peak` (MiB); None on CPU, where one
+    process's peak cannot be reset (``testbed bench memory`` measures it per process)."""
+    return torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.startswith("cuda") else None
 
 
 def format_table(b: FewshotBench) -> str:
@@ -405,12 +421,20 @@ def format_table(b: FewshotBench) -> str:
             f"{s.image_size}x{s.image_size}x{s.channels}, Conv-4 {s.hidden} filters, "
             f"{s.inner_steps} inner steps, meta-batch {s.meta_batch}) on {b.device}, "
             f"median of {b.repeats}")
-    lines = [head, "", "MAML meta-gradient | seconds | vs core (vmap) | difference to core, float64 "
-             "| float32 error vs float64", "---|---|---|---|---"]
+    cuda = b.device.startswith("cuda")
+    higher = b.maml_seconds.get("higher loop")
+    cols = ["MAML meta-gradient", "seconds", "time / core (vmap)"]
+    cols += ["speed / higher loop"] if higher else []
+    cols += ["difference to core, float64", "float32 error vs float64"]
+    cols += ["peak MiB"] if cuda else []
+    lines = [head, "", " | ".join(cols), "|".join(["---"] * len(cols))]
     core = b.maml_seconds["core, vmap"]
     for name, sec in b.maml_seconds.items():
-        lines.append(f"{name} | {sec:.3f} | {sec / core:.2f}x | {b.maml_agreement[name]:.1e} "
-                     f"| {b.maml_float32_error[name]:.1e}")
+        row = [name, f"{sec:.3f}", f"{sec / core:.2f}x"]
+        row += [f"{higher / sec:.2f}x"] if higher else []
+        row += [f"{b.maml_agreement[name]:.1e}", f"{b.maml_float32_error[name]:.1e}"]
+        row += [f"{b.maml_peak_mb[name]:.0f}"] if cuda and b.maml_peak_mb else []
+        lines.append(" | ".join(row))
     lines += ["", f"variants (core, {b.batching}) | seconds | time / MAML | FLOPs / MAML | "
               "time / FLOP ratio | paper Table 3 | target"
               + (" | peak MiB" if b.device.startswith("cuda") else ""),

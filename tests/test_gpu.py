@@ -1,0 +1,90 @@
+"""CUDA paths: the same meta-gradients as on the CPU, the precision modes, the bench's peak memory.
+
+Marker ``gpu``: deselected by default, run with ``python -m pytest -m gpu`` on a machine with
+CUDA (each test skips where there is none)."""
+
+import pytest
+import torch
+
+from experiments.bench import fewshot, memory
+from experiments.fewshot.common import precision_context
+from experiments.fewshot.model import cross_entropy_loss
+from testbed import algorithms
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+TINY = fewshot.Setting("tiny", ways=3, shots=1, queries=2, image_size=16, channels=1,
+                       inner_steps=2, meta_batch=2, beta_low=0.3, hidden=4)
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    return max((a[k].cpu() - b[k].cpu()).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize("batching", ["vmap", "loop"])
+@pytest.mark.parametrize("name", ["maml", "sharp-both", "esharp-anil"])
+def test_cuda_meta_gradient_equals_the_cpu_one_in_float64(name, batching):
+    params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
+    p_gpu, t_gpu = fewshot.make_problem(TINY, device="cuda", dtype=torch.float64)
+    alg = algorithms.make(name, beta_low=0.3, inner_steps=2, task_batching=batching,
+                          head_names=("head.w", "head.b") if "anil" in name else None)
+    cpu = alg.meta_gradient(cross_entropy_loss, params, tasks, generator=torch.Generator().manual_seed(0))
+    # SWP masks are drawn from the generator: the same draws on the CPU, moved to the device
+    gpu = alg.meta_gradient(cross_entropy_loss, p_gpu, t_gpu, generator=torch.Generator().manual_seed(0))
+    assert _max_diff(cpu.grad, gpu.grad) <= 1e-10
+
+
+def test_checkpointed_sweep_on_cuda_matches_the_graph_and_saves_memory():
+    setting = fewshot.Setting("mid", ways=5, shots=1, queries=5, image_size=28, channels=1,
+                              inner_steps=10, meta_batch=4, beta_low=0.1, hidden=32)
+    peaks = {}
+    grads = {}
+    for mode in ("graph, loop", "checkpoint, loop"):
+        peaks[mode], _ = memory.measure(setting, mode, setting.inner_steps, "cuda")
+        params, tasks = fewshot.make_problem(setting, device="cuda", dtype=torch.float64)
+        alg = algorithms.make("maml", beta_low=0.1, inner_steps=10, **memory.MODES[mode])
+        grads[mode] = alg.meta_gradient(cross_entropy_loss, params, tasks).grad
+    assert _max_diff(grads["graph, loop"], grads["checkpoint, loop"]) <= 1e-9
+    assert peaks["checkpoint, loop"] < peaks["graph, loop"]
+
+
+def test_tf32_is_switched_on_inside_the_block_and_restored():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    with precision_context("tf32", "cuda"):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == saved
+
+
+@pytest.mark.parametrize("precision", ["bf16", "tf32"])
+def test_reduced_precision_meta_gradient_stays_near_float32(precision):
+    params, tasks = fewshot.make_problem(TINY, device="cuda")
+    alg = algorithms.make("maml", beta_low=0.3, inner_steps=2)
+    exact = alg.meta_gradient(cross_entropy_loss, params, tasks).grad
+    with precision_context(precision, "cuda"):
+        approx = alg.meta_gradient(cross_entropy_loss, params, tasks).grad
+    assert all(torch.isfinite(v).all() for v in approx.values())
+    assert fewshot.relative_error(approx, exact) < 0.1
+
+
+def test_bench_on_cuda_reports_peak_memory_for_every_implementation():
+    result = fewshot.run(TINY, device="cuda", repeats=1, variants=("maml", "sharp-low"))
+    assert all(v is not None and v > 0 for v in result.maml_peak_mb.values())
+    assert all(v is not None and v > 0 for v in result.variant_peak_mb.values())
+    assert "peak MiB" in fewshot.format_table(result)
+
+
+def test_compiled_core_on_cuda_equals_eager_in_float64():
+    params, tasks = fewshot.make_problem(TINY, device="cuda", dtype=torch.float64)
+    impls = fewshot.implementations(compile=True)
+    args = (params, tasks, TINY.beta_low, TINY.inner_steps)
+    assert fewshot.relative_error(impls[fewshot.COMPILED](*args), impls["core, loop"](*args)) <= 1e-10
+
+
+def test_esharp_draws_its_masks_from_a_cuda_generator():
+    """``testbed train --device cuda`` passes a CUDA generator for ESharp's SWP masks."""
+    params, tasks = fewshot.make_problem(TINY, device="cuda")
+    alg = algorithms.make("esharp", beta_low=0.3, inner_steps=2)
+    step = alg.meta_gradient(cross_entropy_loss, params, tasks,
+                             generator=torch.Generator(device="cuda").manual_seed(0))
+    assert all(torch.isfinite(v).all() for v in step.grad.values())
