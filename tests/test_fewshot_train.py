@@ -16,7 +16,7 @@ import torch
 
 from experiments.cli import main
 from experiments.fewshot.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from experiments.fewshot.config import TrainConfig
+from experiments.fewshot.config import TrainConfig, default_batching
 from experiments.fewshot.model import cross_entropy_loss
 from experiments.fewshot.toy import write_toy_folder
 from experiments.fewshot.train import LOG_NAME, RESULTS_NAME, NonFiniteError, run
@@ -187,3 +187,12 @@ def test_tf32_needs_cuda(toy, tmp_path):
     with pytest.raises(ValueError, match="tf32"):
         _tiny(toy, tmp_path, precision="tf32")
     assert main(["train", "--source", toy, "--precision", "tf32", "--out", str(tmp_path)]) == 2
+
+
+def test_auto_task_batching_is_resolved_by_device_on_construction(toy, tmp_path):
+    config = TrainConfig(source=toy, out=str(tmp_path))
+    assert config.task_batching == "loop"            # the CPU measurement's choice
+    assert default_batching("cuda:0") == "vmap" and default_batching("cpu") == "loop"
+    assert replace(config, task_batching="vmap").task_batching == "vmap"
+    with pytest.raises(ValueError, match="task_batching"):
+        replace(config, task_batching="sometimes")

@@ -54,7 +54,8 @@ _TRAIN_OPTIONS = {
     "seed": (nonnegative_int, "seed of the initial parameters and of the training episodes"),
     "device": (str, "torch device: cpu or cuda[:k]"),
     "threads": (positive_int, "torch threads for this run; default: torch's choice"),
-    "task_batching": (str, "loop (task after task) or vmap (vectorised over tasks)"),
+    "task_batching": (str, "loop (task after task), vmap (vectorised over tasks) or auto "
+                           "(loop on CPU, vmap on CUDA)"),
     "precision": (str, "float32; bf16 (torch.autocast with bfloat16: products in bfloat16, "
                        "parameters and updates in float32; slow on CPUs without bfloat16); "
                        "tf32 (CUDA tensor cores)"),
@@ -89,7 +90,7 @@ def _add_train(sub) -> None:
     for name, (kind, text) in _TRAIN_OPTIONS.items():
         extra = {"choices": NAMES} if name == "algorithm" else {}
         if name == "task_batching":
-            extra = {"choices": ("loop", "vmap")}
+            extra = {"choices": ("auto", "loop", "vmap")}
         if name == "precision":
             extra = {"choices": PRECISIONS}
         p.add_argument(_option(name), type=kind, help=_with_default(name, text), **extra)

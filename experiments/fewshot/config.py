@@ -54,11 +54,14 @@ class TrainConfig:
     device:        torch device, "cpu" or "cuda[:k]".
     threads:       ``torch.set_num_threads`` for the run; None leaves torch's choice.  On a
                    shared machine 1 thread per run avoids OpenMP spinning against other work.
-    task_batching: "loop" (one task after another) or "vmap" (vectorised over the meta-batch).
-                   Measured on one CPU thread (MAML, meta-batch 32): with 64 filters and 15
-                   queries per class the loop took 9.7 s/iteration against vmap's 15.3; with 32
-                   filters and 5 queries vmap took 1.2 s against the loop's 2.3.  The default
-                   matches the default model; pass vmap for small models (and on GPUs).
+    task_batching: "loop" (one task after another), "vmap" (vectorised over the meta-batch)
+                   or "auto" (the default): loop on CPU, vmap on CUDA, replaced by the concrete
+                   choice on construction.  Measured on one CPU thread (MAML, meta-batch 32):
+                   with 64 filters and 15 queries per class the loop took 9.7 s/iteration
+                   against vmap's 15.3; with 32 filters and 5 queries vmap took 1.2 s against
+                   the loop's 2.3.  So the CPU default suits the default model; pass vmap for
+                   small models.  The CUDA choice follows common practice and awaits the GPU
+                   bench (``experiments/bench/gpu_run.sh``).
     precision:     "float32"; "bf16" (meta-gradients and evaluation under ``torch.autocast``
                    with bfloat16: convolutions and matrix products in bfloat16, parameters and
                    the meta-update in float32); "tf32" (CUDA only: float32 tensors, TensorFloat-32
@@ -103,7 +106,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
-    task_batching: str = "loop"
+    task_batching: str = "auto"
     precision: str = "float32"
     gradient_checkpointing: bool = False
     checkpoint_every: int = 1000
@@ -135,13 +138,15 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 V.positive_int(name, getattr(self, name))
         V.positive("meta_lr", self.meta_lr)
-        V.one_of("task_batching", self.task_batching, BATCHING)
+        V.one_of("task_batching", self.task_batching, BATCHING + ("auto",))
         V.one_of("precision", self.precision, PRECISIONS)
+        if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device must be 'cpu' or 'cuda[:k]', got {self.device!r}")
         if self.precision == "tf32" and not self.device.startswith("cuda"):
             raise ValueError(f"precision 'tf32' is a CUDA tensor-core mode; on device "
                              f"{self.device!r} use float32 or bf16")
-        if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"device must be 'cpu' or 'cuda[:k]', got {self.device!r}")
+        if self.task_batching == "auto":
+            object.__setattr__(self, "task_batching", default_batching(self.device))
         self.build_algorithm()  # validates the algorithm's own hyper-parameters
 
     def build_algorithm(self, inner_steps: int | None = None) -> Algorithm:
@@ -170,6 +175,12 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig fields: {unknown}")
         return cls(**data)
+
+
+def default_batching(device: str) -> str:
+    """What ``task_batching="auto"`` means on ``device``: the per-task loop on CPU (faster at
+    the paper's model size, README "Speed"), vmap over tasks on CUDA."""
+    return "vmap" if device.startswith("cuda") else "loop"
 
 
 def training_differences(old: TrainConfig, new: TrainConfig) -> dict[str, tuple[Any, Any]]:
