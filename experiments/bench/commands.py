@@ -49,6 +49,11 @@ def register(sub) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from experiments.claims.report import git_commit
+
+    # the code that runs is the code at the start: a commit made while a long bench runs
+    # must not be credited with its numbers
+    args.commit = git_commit()
     return {"fewshot": _fewshot, "memory": _memory, "synthetic": _synthetic}[args.suite](args)
 
 
@@ -73,7 +78,7 @@ def _memory(args: argparse.Namespace) -> int:
         bodies[result.setting] = result.to_dict()
         print(tables[-1] + "\n", flush=True)
     meta = {**_meta(f"testbed bench memory --setting {args.setting} --scale {args.scale} "
-                    f"--device {args.device} --steps {','.join(map(str, args.steps))}"),
+                    f"--device {args.device} --steps {','.join(map(str, args.steps))}", args.commit),
             "device": _device_name(args.device)}
     _write(args.out, "memory", meta, {"results": bodies}, "\n\n".join(tables))
     return 0
@@ -85,13 +90,12 @@ def _device_name(device: str) -> str:
     return device if device == "cpu" else torch.cuda.get_device_name(device)
 
 
-def _meta(command: str) -> dict:
+def _meta(command: str, commit: str | None) -> dict:
     import platform
 
     import torch
 
-    from experiments.claims.report import git_commit
-    return {"command": command, "git_commit": git_commit(), "torch": torch.__version__,
+    return {"command": command, "git_commit": commit, "torch": torch.__version__,
             "python": platform.python_version()}
 
 
@@ -131,7 +135,7 @@ def _fewshot(args: argparse.Namespace) -> int:
     device = args.device if args.device == "cpu" else torch.cuda.get_device_name(args.device)
     meta = {**_meta(f"testbed bench fewshot --setting {args.setting} --scale {args.scale} "
                     f"--device {args.device} --repeats {args.repeats}"
-                    + (" --compile" if args.compile else "")), "device": device,
+                    + (" --compile" if args.compile else ""), args.commit), "device": device,
             "allocator": "glibc keeps freed memory (as testbed train)" if kept else "default"}
     _write(args.out, "fewshot", meta, {"results": bodies}, "\n\n".join(tables))
     return 0
@@ -151,6 +155,6 @@ def _synthetic(args: argparse.Namespace) -> int:
     table = synthetic.format_table(result)
     print(table)
     meta = {**_meta(f"testbed bench synthetic --family {args.family} --seeds {args.seeds} "
-                    f"--max-horizon {T}"), "device": "cpu"}
+                    f"--max-horizon {T}", args.commit), "device": "cpu"}
     _write(args.out, "synthetic", meta, result.to_dict(), table)
     return 0
