@@ -18,7 +18,8 @@ meta-batch), in one process:
 3. Peak memory per implementation and per variant (CUDA only; on CPU
    ``testbed bench memory`` measures it, one process per measurement).
 
-Times are medians over ``repeats`` runs after one warm-up.
+Times are medians over ``repeats`` rounds after one warm-up; each round runs every
+implementation (or every variant) once, in turn.
 """
 
 from __future__ import annotations
@@ -294,16 +295,32 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, device: str) -> float:
-    fn()                                  # warm-up
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, device: str,
+                        say: Callable[[str], None] = lambda _: None
+                        ) -> tuple[dict[str, float], dict[str, float | None]]:
+    """Median seconds of each function over ``repeats`` rounds, and its peak CUDA memory.
+
+    Each function is called once to warm up (its peak memory is read on that call); then
+    every round calls each function once, in turn, so that a slow spell of a shared machine
+    falls on all of them alike instead of on whichever was being timed.
+    """
+    peak = {}
+    for name, fn in fns.items():
+        say(f"warm-up: {name}")
+        _reset_peak(device)
         fn()
         _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        peak[name] = _peak_mb(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(repeats):
+        say(f"round {r + 1} of {repeats}")
+        for name, fn in fns.items():
+            _sync(device)
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}, peak
 
 
 CHECK_TASKS = 2
@@ -374,16 +391,13 @@ def run(setting: Setting, device: str = "cpu", repeats: int = 3,
             raise RuntimeError(f"{name} disagrees with the core's meta-gradient by "
                                f"{agreement[name]:.2e} in float64 (> {AGREEMENT:g}); no timing reported")
         float32_error[name] = relative_error(_float64(fn(*narrow)), reference)
-    maml_seconds, maml_peak = {}, {}
-    for name, fn in impls.items():
-        say(f"timing MAML, {name}")
-        _reset_peak(device)
-        maml_seconds[name] = median_seconds(lambda fn=fn: fn(*args), repeats, device)
-        maml_peak[name] = _peak_mb(device)
+    say("timing MAML, every implementation in turn")
+    maml_seconds, maml_peak = interleaved_medians(
+        {name: (lambda fn=fn: fn(*args)) for name, fn in impls.items()}, repeats, device, say)
     batching = "vmap" if maml_seconds["core, vmap"] <= maml_seconds["core, loop"] else "loop"
-    seconds, gflops, peak = {}, {}, {}
+    gflops, calls = {}, {}
     for name in variants:
-        say(f"timing {name} (core, {batching})")
+        say(f"counting FLOPs of {name} (core, {batching})")
         alg = algorithms.make(name, beta_low=setting.beta_low, inner_steps=setting.inner_steps,
                               head_names=HEAD_NAMES if "anil" in name else None,
                               task_batching=batching)
@@ -395,9 +409,9 @@ def run(setting: Setting, device: str = "cpu", repeats: int = 3,
         with FlopCounterMode(display=False) as counter:
             call()
         gflops[name] = counter.get_total_flops() / 1e9
-        _reset_peak(device)
-        seconds[name] = median_seconds(call, repeats, device)
-        peak[name] = _peak_mb(device)
+        calls[name] = call
+    say(f"timing every variant in turn (core, {batching})")
+    seconds, peak = interleaved_medians(calls, repeats, device, say)
     return FewshotBench(setting, device, repeats, maml_seconds, agreement, float32_error, seconds,
                         gflops, peak, batching, maml_peak)
 
@@ -420,7 +434,7 @@ def format_table(b: FewshotBench) -> str:
     head = (f"bench fewshot: {s.name} ({s.ways}-way {s.shots}-shot, {s.queries} queries, "
             f"{s.image_size}x{s.image_size}x{s.channels}, Conv-4 {s.hidden} filters, "
             f"{s.inner_steps} inner steps, meta-batch {s.meta_batch}) on {b.device}, "
-            f"median of {b.repeats}")
+            f"median of {b.repeats} interleaved rounds")
     cuda = b.device.startswith("cuda")
     higher = b.maml_seconds.get("higher loop")
     cols = ["MAML meta-gradient", "seconds", "time / core (vmap)"]
