@@ -73,3 +73,12 @@ def test_compiled_core_computes_the_cores_meta_gradient_in_float64():
     args = (params, tasks, TINY.beta_low, TINY.inner_steps)
     impls = fewshot.implementations(compile=True)
     assert fewshot.relative_error(impls[fewshot.COMPILED](*args), impls["core, vmap"](*args)) <= 1e-10
+
+
+def test_bench_without_a_suite_runs_fewshot_and_writes_its_files(tmp_path, capsys):
+    assert main(["bench", "--setting", "omniglot-20w1s", "--scale", "small", "--repeats", "1",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "core, loop" in out and "sharp-both" in out
+    body = (tmp_path / "bench_fewshot.json").read_text()
+    assert "omniglot-20w1s-small" in body and '"git_commit"' in body

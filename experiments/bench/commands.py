@@ -25,7 +25,8 @@ def register(sub) -> None:
                     "Conv-4 MAML meta-gradient as the inner loop grows (--steps), for the graph "
                     "path with tasks vectorised or looped, the checkpointed adjoint sweep, and "
                     "first order, each in a fresh process.")
-    p.add_argument("suite", choices=("synthetic", "fewshot", "memory"), help="which benchmark")
+    p.add_argument("suite", nargs="?", default="fewshot", choices=("synthetic", "fewshot", "memory"),
+                   help="which benchmark (default %(default)s)")
     p.add_argument("--family", choices=("quadratic", "tanh"), default="quadratic",
                    help="task family of the sweep (default %(default)s)")
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds per setting (default %(default)s)")
