@@ -95,6 +95,7 @@ LossFn = Callable[[Mapping[str, torch.Tensor], Any], torch.Tensor]
 BATCHING = ("vmap", "loop")
 INNER_OPTIMIZERS = ("sgd", "sign")
 HVP_MODES = ("autograd", "finite-difference")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 class Tasks(NamedTuple):
@@ -149,6 +150,8 @@ class SharpMAMLConfig:
                  The first call of each configuration and shape compiles (minutes for
                  Conv-4 on a CPU); whether it pays is measured by ``testbed bench fewshot
                  --compile``.
+    compile_mode: ``torch.compile``'s ``mode`` (:data:`COMPILE_MODES`):
+                 "reduce-overhead" replays CUDA graphs on CUDA devices.
     task_batching: "vmap" (one vectorised call over tasks) or "loop".
     """
 
@@ -166,6 +169,7 @@ class SharpMAMLConfig:
     fd_delta: float = 1e-4
     checkpoint: bool = False
     compile: bool = False
+    compile_mode: str = "default"
     task_batching: str = field(default="vmap")
 
     def __post_init__(self) -> None:
@@ -180,6 +184,7 @@ class SharpMAMLConfig:
         V.one_of("task_batching", self.task_batching, BATCHING)
         V.one_of("inner_optimizer", self.inner_optimizer, INNER_OPTIMIZERS)
         V.one_of("hvp", self.hvp, HVP_MODES)
+        V.one_of("compile_mode", self.compile_mode, COMPILE_MODES)
         V.positive("fd_delta", self.fd_delta)
         if self.hvp == "finite-difference" and self.differentiate_perturbations:
             raise ValueError("hvp='finite-difference' computes eq. (10) with constant "
@@ -404,26 +409,28 @@ def _task_value(loss_fn: LossFn, cfg: SharpMAMLConfig, p, support, query, offset
     return loss_fn(adapted, query).mean(), new_plan
 
 
-_COMPILED: list = []
+_COMPILED: dict[str, Callable] = {}
 
 
-def _compiled_task_value() -> Callable:
-    """``torch.compile(_task_value)``, made once per process.
+def _compiled_task_value(mode: str = "default") -> Callable:
+    """``torch.compile(_task_value, mode=mode)``, made once per process and mode.
 
     Dynamo guards on ``loss_fn`` and ``cfg`` (and on shapes, ``dynamic=False``), so each
     configuration and input shape compiles once and is reused; the outer meta-gradient's
-    backward runs through the compiled graph's own backward (AOTAutograd).
+    backward runs through the compiled graph's own backward (AOTAutograd).  Under
+    "reduce-overhead" on CUDA the outputs live in a CUDA-graph pool that the next replay
+    overwrites, so callers copy what they keep across tasks (:func:`_graph_pass`).
     """
-    if not _COMPILED:
-        _COMPILED.append(torch.compile(_task_value, dynamic=False))
-    return _COMPILED[0]
+    if mode not in _COMPILED:
+        _COMPILED[mode] = torch.compile(_task_value, dynamic=False, mode=mode)
+    return _COMPILED[mode]
 
 
 def _objective(loss_fn: LossFn, cfg: SharpMAMLConfig, params, tasks: Tasks, *,
                offset=None, plans=None, masks=None) -> tuple[torch.Tensor, Any]:
     """Mean query loss after fine-tuning; returns (value, per-task plans)."""
     if cfg.compile:
-        compiled = _compiled_task_value()
+        compiled = _compiled_task_value(cfg.compile_mode)
 
         def one(p, support, query, plan, mask):
             return compiled(loss_fn, cfg, p, support, query, offset, plan, mask)
@@ -547,6 +554,8 @@ def _graph_pass(loss_fn: LossFn, cfg: SharpMAMLConfig, params: dict, tasks: Task
                                      plans=None if plans is None else _tree_map(lambda t: t[i:i + 1], plans),
                                      masks=_tree_map(lambda t: t[i:i + 1], masks)),
                 params, has_aux=True)
+            if cfg.compile:            # CUDA-graph outputs are overwritten by the next replay
+                g, value, plan = _tree_map(torch.Tensor.clone, (g, value, plan))
             total = g if total is None else {k: total[k] + g[k] for k in g}
             values.append(value)
             per_task.append(plan)

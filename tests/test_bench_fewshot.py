@@ -82,3 +82,13 @@ def test_bench_without_a_suite_runs_fewshot_and_writes_its_files(tmp_path, capsy
     assert "core, loop" in out and "sharp-both" in out
     body = (tmp_path / "bench_fewshot.json").read_text()
     assert "omniglot-20w1s-small" in body and '"git_commit"' in body
+
+
+def test_compile_modes_name_their_rows_and_bad_modes_exit_2(capsys):
+    impls = fewshot.implementations(compile=True, compile_modes=("default", "reduce-overhead"))
+    assert {fewshot.COMPILED, fewshot.compiled_name("reduce-overhead")} <= set(impls)
+    with pytest.raises(ValueError, match="compile mode"):
+        fewshot.implementations(compile=True, compile_modes=("fastest",))
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--compile", "--compile-mode", "default,fastest"])
+    assert exit_.value.code == 2 and "--compile-mode" in capsys.readouterr().err

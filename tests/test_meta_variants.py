@@ -319,3 +319,8 @@ def test_compile_is_refused_off_the_per_task_graph_path():
                 {"task_batching": "loop", "hvp": "finite-difference"}):
         with pytest.raises(ValueError, match="compile=True"):
             SharpMAMLConfig(beta_low=0.1, compile=True, **bad)
+
+
+def test_compile_mode_is_validated():
+    with pytest.raises(ValueError, match="compile_mode"):
+        SharpMAMLConfig(beta_low=0.1, compile=True, task_batching="loop", compile_mode="fastest")

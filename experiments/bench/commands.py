@@ -43,10 +43,25 @@ def register(sub) -> None:
     p.add_argument("--compile", action="store_true",
                    help="fewshot: also time the core's per-task loop under torch.compile, after "
                         "checking it in float64 (compiling takes minutes on a CPU and is not timed)")
+    p.add_argument("--compile-mode", type=_compile_modes, default=("default",),
+                   help="fewshot, with --compile: torch.compile modes to time, comma-separated, of "
+                        "default, reduce-overhead (CUDA graphs on CUDA), max-autotune "
+                        "(default: default)")
     p.add_argument("--steps", type=positive_int_list, default=(1, 5, 10, 20),
                    help="memory: inner-step counts N to measure, comma-separated (default 1,5,10,20)")
     p.add_argument("--out", type=Path, help="also write bench_<suite>.json and .md here")
     p.set_defaults(func=_run)
+
+
+def _compile_modes(text: str) -> tuple[str, ...]:
+    from testbed.meta import COMPILE_MODES
+
+    modes = tuple(t.strip() for t in text.split(","))
+    bad = [m for m in modes if m not in COMPILE_MODES]
+    if not modes or bad:
+        raise argparse.ArgumentTypeError(f"must be comma-separated modes of {', '.join(COMPILE_MODES)}, "
+                                         f"got {text!r}")
+    return modes
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -129,14 +144,15 @@ def _fewshot(args: argparse.Namespace) -> int:
         if args.scale == "small":
             setting = fewshot.small(setting)
         result = fewshot.run(setting, args.device, args.repeats, progress=sys.stderr,
-                             compile=args.compile)
+                             compile=args.compile, compile_modes=args.compile_mode)
         tables.append(fewshot.format_table(result))
         bodies[setting.name] = result.to_dict()
         print(tables[-1] + "\n", flush=True)
     device = args.device if args.device == "cpu" else torch.cuda.get_device_name(args.device)
     meta = {**_meta(f"testbed bench fewshot --setting {args.setting} --scale {args.scale} "
                     f"--device {args.device} --repeats {args.repeats}"
-                    + (" --compile" if args.compile else ""), args.commit), "device": device,
+                    + (f" --compile --compile-mode {','.join(args.compile_mode)}" if args.compile else ""),
+                    args.commit), "device": device,
             "allocator": "glibc keeps freed memory (as testbed train)" if kept else "default"}
     _write(args.out, "fewshot", meta, {"results": bodies}, "\n\n".join(tables))
     return 0

@@ -35,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from experiments.fewshot.model import HEAD_NAMES, conv4_forward, cross_entropy_loss, init_conv4
 from testbed import Tasks, algorithms
+from testbed.meta import COMPILE_MODES
 from testbed import validate as V
 
 PAPER_TABLE3 = {"maml": 1.0, "sharp-low": 2.6, "sharp-up": 3.6, "sharp-both": 4.6,
@@ -248,11 +249,11 @@ def parallel_metalearn_maml(params: dict, tasks: Tasks, beta_low: float, steps: 
     return {k: grads[k] for k in params}
 
 
-def core_maml(batching: str, compile: bool = False) -> Callable:
+def core_maml(batching: str, compile: bool = False, mode: str = "default") -> Callable:
     def run(params, tasks, beta_low, steps):
         alg = algorithms.make("maml", beta_low=beta_low, inner_steps=steps, task_batching=batching)
         if compile:
-            alg = algorithms.with_config(alg, compile=True)
+            alg = algorithms.with_config(alg, compile=True, compile_mode=mode)
         return alg.meta_gradient(cross_entropy_loss, params, tasks).grad
     return run
 
@@ -260,17 +261,26 @@ def core_maml(batching: str, compile: bool = False) -> Callable:
 COMPILED = "core, loop, compiled"
 
 
-def implementations(compile: bool = False) -> dict[str, Callable]:
+def compiled_name(mode: str) -> str:
+    """The table's name for the core's loop under ``torch.compile(mode=mode)``."""
+    return COMPILED if mode == "default" else f"{COMPILED} ({mode})"
+
+
+def implementations(compile: bool = False, compile_modes: tuple[str, ...] = ("default",)
+                    ) -> dict[str, Callable]:
     """Name -> ``fn(params, tasks, beta_low, steps) -> meta-gradient`` for every MAML at hand.
 
-    ``compile`` adds the core's loop under ``torch.compile`` (:data:`COMPILED`); its first
-    call per dtype and shape compiles (minutes for Conv-4 on a CPU, not timed: the warm-up
-    and the float64 check take it).
+    ``compile`` adds the core's loop under ``torch.compile``, once per mode of
+    ``compile_modes`` (:func:`compiled_name`; "reduce-overhead" replays CUDA graphs on CUDA);
+    its first call per dtype and shape compiles (minutes for Conv-4 on a CPU, not timed: the
+    warm-up and the float64 check take it).
     """
     out = {"core, vmap": core_maml("vmap"), "core, loop": core_maml("loop"),
            "autograd loop": plain_autograd_maml}
     if compile:
-        out[COMPILED] = core_maml("loop", compile=True)
+        for mode in compile_modes:
+            V.one_of("compile mode", mode, COMPILE_MODES)
+            out[compiled_name(mode)] = core_maml("loop", compile=True, mode=mode)
     try:
         import higher  # noqa: F401  (optional extra "bench")
     except ImportError:
@@ -356,7 +366,8 @@ class FewshotBench:
 
 
 def run(setting: Setting, device: str = "cpu", repeats: int = 3,
-        variants: tuple[str, ...] = VARIANTS, progress=None, compile: bool = False) -> FewshotBench:
+        variants: tuple[str, ...] = VARIANTS, progress=None, compile: bool = False,
+        compile_modes: tuple[str, ...] = ("default",)) -> FewshotBench:
     """Check agreement, then time MAML's implementations and every variant.
 
     ``progress``: a text stream that gets one line per stage (None: silent).
@@ -373,7 +384,7 @@ def run(setting: Setting, device: str = "cpu", repeats: int = 3,
         variants = ("maml",) + tuple(variants)
     params, tasks = make_problem(setting, device)
     args = (params, tasks, setting.beta_low, setting.inner_steps)
-    impls = implementations(compile=True) if compile else implementations()
+    impls = implementations(compile=True, compile_modes=compile_modes) if compile else implementations()
     # the check uses the first CHECK_TASKS tasks of the meta-batch (the meta-gradient is a
     # mean over tasks, so agreement per task is what matters; a float64 second-order graph
     # of the whole paper-scale batch does not fit in 24 GiB)

@@ -5,7 +5,7 @@
 #   OUT=DIR bash experiments/bench/gpu_run.sh        # from the repository root, on a CUDA machine
 #
 # Writes into $OUT: gpu_tests.log, fewshot/ (bench fewshot, both settings), memory/ (bench memory),
-# compile/ (bench fewshot --compile, mini-ImageNet), env.txt.  The bench's 'higher' and
+# compile/ (bench fewshot --compile, with and without CUDA graphs, mini-ImageNet), env.txt.  The bench's 'higher' and
 # 'parallel-metalearn' references are used when importable; on a machine without the package
 # index, put their wheels in .bench-wheels/ (pip download --no-deps -d .bench-wheels higher
 # parallel-metalearn) and carry that folder: they are installed from there without network.
@@ -26,7 +26,8 @@ phase() {  # phase SECONDS NAME COMMAND...
     timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
     echo "== $name: exit $? after $((SECONDS - t0)) s"; tail -25 "$OUT/$name.log"
 }
-phase 120 gpu_tests python -m pytest -q -m gpu tests/test_gpu.py
-phase 240 fewshot python -m experiments.cli bench fewshot --setting all --device cuda --repeats 5 --out "$OUT/fewshot"
-phase 150 memory python -m experiments.cli bench memory --setting miniimagenet-5w1s --device cuda --steps 1,5,10,20 --out "$OUT/memory"
-phase 240 compile python -m experiments.cli bench fewshot --setting miniimagenet-5w1s --device cuda --repeats 5 --compile --out "$OUT/compile"
+phase 150 gpu_tests python -m pytest -q -m gpu tests/test_gpu.py
+phase 200 fewshot python -m experiments.cli bench fewshot --setting all --device cuda --repeats 5 --out "$OUT/fewshot"
+phase 120 memory python -m experiments.cli bench memory --setting miniimagenet-5w1s --device cuda --steps 1,5,10,20 --out "$OUT/memory"
+phase 300 compile python -m experiments.cli bench fewshot --setting miniimagenet-5w1s --device cuda --repeats 5 \
+    --compile --compile-mode default,reduce-overhead --out "$OUT/compile"
