@@ -650,8 +650,8 @@ def sam_gradient(loss_fn: LossFn, params: Mapping[str, torch.Tensor], tasks: Tas
         return erm_objective(loss_fn, p, tasks)
 
     if alpha == 0:
-        g, value = grad_and_value(f)(params)
+        g, value = _grad_and_value(f, params)
         return MetaGradient(g, value.detach(), None)
-    eps = P.normalized(P.detach(grad(f)(params)), alpha)
-    g, value = grad_and_value(f)(P.add(params, eps))
+    eps = P.normalized(P.detach(_grad_and_value(f, params)[0]), alpha)
+    g, value = _grad_and_value(f, P.add(params, eps))
     return MetaGradient(g, value.detach(), eps)
