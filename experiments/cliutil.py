@@ -43,14 +43,18 @@ positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
 nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 
 
-def positive_int_list(text: str) -> tuple[int, ...]:
-    """``"1,5,10"`` -> ``(1, 5, 10)``; every entry an integer >= 1."""
-    parts = [t.strip() for t in text.split(",")]
-    try:
-        values = tuple(int(t) for t in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be comma-separated integers >= 1, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers >= 1, got {text!r}")
-    return values
+def comma_separated(parse, ok, what: str):
+    """An argparse type for ``"a,b,c"``: each entry ``parse``d and accepted by ``ok``."""
+    def convert(text: str) -> tuple:
+        try:
+            values = tuple(parse(t.strip()) for t in text.split(","))
+        except ValueError:
+            values = ()
+        if not values or not all(ok(v) for v in values):
+            raise argparse.ArgumentTypeError(f"must be comma-separated {what}, got {text!r}")
+        return values
+    return convert
+
+
+positive_int_list = comma_separated(int, lambda v: v >= 1, "integers >= 1")
+"""``"1,5,10"`` -> ``(1, 5, 10)``; every entry an integer >= 1."""

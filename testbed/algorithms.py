@@ -67,6 +67,8 @@ _SPEC = {
     "agnostic-sam": ("zero", "zero", False, False, "agnostic-sam", ("rho1", "rho2")),
 }
 NAMES = tuple(_SPEC)
+CHECKPOINTABLE = tuple(n for n, spec in _SPEC.items() if spec[4] == "sharp-maml")
+"""Names whose meta-gradient differentiates an inner loop, so ``checkpoint=True`` applies."""
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,7 @@ def make(name: str, *, beta_low: float, inner_steps: int = 1,
                                  "imaml_lambda": imaml_lambda, "cg_steps": cg_steps,
                                  "cg_tol": cg_tol, "rho1": rho1, "rho2": rho2})
     extra = {}
-    if checkpoint and kind != "sharp-maml":
+    if checkpoint and name not in CHECKPOINTABLE:
         raise ValueError(f"checkpoint=True applies to the MAML-type algorithms, not {name} "
                          "(its update keeps no inner-loop graph to checkpoint)")
     if name == "hf-maml":

@@ -51,7 +51,7 @@ def test_bench_runs_and_refuses_disagreeing_references(monkeypatch):
     assert all(0 <= e < 1e-2 for e in result.maml_float32_error.values())
     broken = dict(fewshot.implementations())
     broken["autograd loop"] = lambda p, t, b, s: {k: v + 1 for k, v in p.items()}
-    monkeypatch.setattr(fewshot, "implementations", lambda: broken)
+    monkeypatch.setattr(fewshot, "implementations", lambda *_: broken)
     with pytest.raises(RuntimeError, match="disagrees"):
         fewshot.run(TINY, repeats=1, variants=("maml",))
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from experiments.cliutil import positive_int, positive_int_list
+from experiments.cliutil import comma_separated, positive_int, positive_int_list
 
 
 def register(sub) -> None:
@@ -54,14 +54,9 @@ def register(sub) -> None:
 
 
 def _compile_modes(text: str) -> tuple[str, ...]:
-    from testbed.meta import COMPILE_MODES
+    from testbed.meta import COMPILE_MODES     # here, not at import: keeps `testbed --help` free of torch
 
-    modes = tuple(t.strip() for t in text.split(","))
-    bad = [m for m in modes if m not in COMPILE_MODES]
-    if not modes or bad:
-        raise argparse.ArgumentTypeError(f"must be comma-separated modes of {', '.join(COMPILE_MODES)}, "
-                                         f"got {text!r}")
-    return modes
+    return comma_separated(str, COMPILE_MODES.__contains__, "modes of " + ", ".join(COMPILE_MODES))(text)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -127,8 +122,6 @@ def _write(out: Path | None, suite: str, meta: dict, body: dict, table: str) -> 
 
 
 def _fewshot(args: argparse.Namespace) -> int:
-    import torch
-
     from experiments.bench import fewshot
 
     _check_device(args.device)
@@ -148,7 +141,7 @@ def _fewshot(args: argparse.Namespace) -> int:
         tables.append(fewshot.format_table(result))
         bodies[setting.name] = result.to_dict()
         print(tables[-1] + "\n", flush=True)
-    device = args.device if args.device == "cpu" else torch.cuda.get_device_name(args.device)
+    device = _device_name(args.device)
     meta = {**_meta(f"testbed bench fewshot --setting {args.setting} --scale {args.scale} "
                     f"--device {args.device} --repeats {args.repeats}"
                     + (f" --compile --compile-mode {','.join(args.compile_mode)}" if args.compile else ""),

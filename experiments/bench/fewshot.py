@@ -384,7 +384,7 @@ def run(setting: Setting, device: str = "cpu", repeats: int = 3,
         variants = ("maml",) + tuple(variants)
     params, tasks = make_problem(setting, device)
     args = (params, tasks, setting.beta_low, setting.inner_steps)
-    impls = implementations(compile=True, compile_modes=compile_modes) if compile else implementations()
+    impls = implementations(compile, compile_modes)
     # the check uses the first CHECK_TASKS tasks of the meta-batch (the meta-gradient is a
     # mean over tasks, so agreement per task is what matters; a float64 second-order graph
     # of the whole paper-scale batch does not fit in 24 GiB)

@@ -82,10 +82,7 @@ def build_algorithm(name: str, *, beta_low: float, inner_steps: int, alpha_low: 
         name, beta_low=beta_low, inner_steps=inner_steps, alpha_low=alpha_low, alpha_up=alpha_up,
         head_names=HEAD_NAMES, swp_keep=swp_keep, sds_fraction=sds_fraction, sam_alpha=sam_alpha,
         first_order=first_order, task_batching=task_batching,
-        checkpoint=checkpoint and name not in _NO_INNER_GRAPH)
-
-
-_NO_INNER_GRAPH = ("reptile", "imaml", "sam", "agnostic-sam")
+        checkpoint=checkpoint and name in algorithms.CHECKPOINTABLE)
 
 PRECISIONS = ("float32", "bf16", "tf32")
 
