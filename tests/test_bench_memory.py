@@ -39,6 +39,34 @@ def test_a_mode_over_the_address_space_cap_reads_does_not_fit(monkeypatch):
     assert "does not fit" in memory.format_table(result)
 
 
+def test_in_process_cells_spawn_no_child_and_report_out_of_memory(monkeypatch, one_thread):
+    """``isolate=False`` (the CUDA default: CUDA's start costs seconds a process) measures
+    every cell here; an allocation error in one cell reads "does not fit" and the others run."""
+    def no_child(*args, **kwargs):
+        raise AssertionError("isolate=False started a child process")
+
+    monkeypatch.setattr(memory.subprocess, "run", no_child)
+    result = memory.run("omniglot-20w1s", scale="small", steps=(1, 3),
+                        modes=("graph, loop", "checkpoint, loop"), isolate=False)
+    assert result.cap_gib is None
+    for mode in ("graph, loop", "checkpoint, loop"):
+        assert all(v is not None and v >= 0 for v in result.peak_mib[mode].values())
+        assert all(v is not None and v > 0 for v in result.seconds[mode].values())
+
+    real = memory.measure
+
+    def oom_at_three(setting, mode, steps, device="cpu"):
+        if steps == 3:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(setting, mode, steps, device)
+
+    monkeypatch.setattr(memory, "measure", oom_at_three)
+    result = memory.run("omniglot-20w1s", scale="small", steps=(1, 3), modes=("graph, loop",),
+                        isolate=False)
+    assert result.peak_mib["graph, loop"][3] is None and result.peak_mib["graph, loop"][1] >= 0
+    assert "does not fit" in memory.format_table(result)
+
+
 def test_memory_bench_rejects_bad_input(capsys):
     with pytest.raises(ValueError, match="mode"):
         memory.run("omniglot-20w1s", modes=("nonsense",))

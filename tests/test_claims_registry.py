@@ -9,7 +9,7 @@ import pytest
 from experiments.claims import REGISTRY, Context, select, verify
 from experiments.claims import constants as C
 from experiments.claims import rates as R
-from experiments.claims.registry import ClaimResult, fit_loglog_slope
+from experiments.claims.registry import VERDICTS, ClaimResult, fit_loglog_slope
 from experiments.claims.report import SCHEMA_PATH
 from experiments.claims.sweeps import SweepSpec, run_sweep, run_sweep_reference
 from experiments.cli import main
@@ -36,7 +36,7 @@ def test_every_registered_claim_runs_quickly_and_gets_a_verdict(quick_run):
     assert set(report["claims"]) == set(REGISTRY)
     assert report["complete"] is True
     for cid, entry in report["claims"].items():
-        assert entry["verdict"] in ("holds", "fails", "holds only under"), cid
+        assert entry["verdict"] in VERDICTS, cid
         for plot in entry["plots"]:
             assert (out / plot).is_file(), f"{cid} names a missing plot {plot}"
 
@@ -130,6 +130,8 @@ def test_verdicts_carry_what_they_need():
         ClaimResult("fails", {}, "tol", "s")
     with pytest.raises(ValueError, match="condition"):
         ClaimResult("holds only under", {}, "tol", "s")
+    with pytest.raises(ValueError, match="could not separate"):
+        ClaimResult("inconclusive", {}, "tol", "s")
     with pytest.raises(ValueError, match="verdict"):
         ClaimResult("maybe", {}, "tol", "s")
 

@@ -5,36 +5,63 @@
 #   OUT=DIR bash experiments/bench/gpu_run.sh        # from the repository root, on a CUDA machine
 #   DEVICE=cpu SCALE=small OUT=DIR bash experiments/bench/gpu_run.sh   # rehearsal of the plumbing
 #
-# Writes into $OUT: gpu_tests.log, fewshot/ (bench fewshot, both settings), memory/ (bench memory),
-# compile/ (bench fewshot --compile, with and without CUDA graphs, mini-ImageNet), env.txt.  The bench's 'higher' and
-# 'parallel-metalearn' references are used when importable; on a machine without the package
-# index, put their wheels in .bench-wheels/ (pip download --no-deps -d .bench-wheels higher
-# parallel-metalearn) and carry that folder: they are installed from there without network.
+# Phases: gpu_tests (pytest -m gpu), fewshot (bench fewshot, both settings), memory (bench memory,
+# mini-ImageNet), compile (bench fewshot --compile with and without CUDA graphs, mini-ImageNet).
+# The phase limits add up to 480 s, inside the device tool's 600 s for one command with room for
+# the install and the archive.
+#
+# $OUT receives two files, because the device tool brings back at most 8 (README.md of the
+# tool): summary.md (every phase's exit status and time, then every table) and
+# gpu-results.tar.gz (env.txt, every phase's log, every table and JSON), both rewritten after
+# each phase so that a run stopped at its limit still returns what it finished.  The working
+# files are in $WORK (default: a fresh temporary folder).
+#
+# The bench's 'higher' and 'parallel-metalearn' references are used when importable; on a
+# machine without the package index, put their wheels in .bench-wheels/
+# (pip download --no-deps -d .bench-wheels higher parallel-metalearn) and carry that folder:
+# they are installed from there without network.
 set -uo pipefail
 OUT=${OUT:-gpu-results}
 DEVICE=${DEVICE:-cuda}
 SCALE=${SCALE:-paper}
-mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+REPEATS=${REPEATS:-3}
+PY=${PYTHON:-$(command -v python3 || command -v python)}
+WORK=${WORK:-$(mktemp -d)}
+mkdir -p "$OUT" "$WORK"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 shopt -s nullglob
 wheels=(.bench-wheels/*.whl .bench-wheels/*.tar.gz)
 if [ ${#wheels[@]} -gt 0 ]; then
-    pip install --no-deps --no-index --quiet "${wheels[@]}" 2>&1 | tail -2
+    "$PY" -m pip install --no-deps --no-index --quiet "${wheels[@]}" 2>&1 | tail -2
 fi
-{ git rev-parse HEAD 2>/dev/null || echo "commit unknown"; nvidia-smi -L 2>/dev/null; python -c \
-  "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } > "$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
+{ git rev-parse HEAD 2>/dev/null || echo "commit unknown"; git status --short 2>/dev/null | head -5
+  nvidia-smi -L 2>/dev/null; "$PY" -c \
+  "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; } > "$WORK/env.txt" 2>&1
+cat "$WORK/env.txt"
+{ echo "# gpu_run.sh: device $DEVICE, scale $SCALE, repeats $REPEATS"; echo; sed 's/^/    /' "$WORK/env.txt"; echo; } \
+    > "$WORK/phases.md"
+
+pack() {  # summary.md and the archive into $OUT, from what $WORK holds now
+    { cat "$WORK/phases.md"
+      for f in "$WORK"/*/*/*.md "$WORK"/*/*.md; do echo; echo "## ${f#"$WORK"/}"; echo; cat "$f"; done
+    } > "$OUT/summary.md"
+    tar czf "$OUT/gpu-results.tar.gz" -C "$WORK" .
+}
 phase() {  # phase SECONDS NAME COMMAND...
     local limit=$1 name=$2; shift 2
     echo "== $name (limit ${limit}s)"
     local t0=$SECONDS
-    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-    echo "== $name: exit $? after $((SECONDS - t0)) s"; tail -25 "$OUT/$name.log"
+    timeout "$limit" "$@" > "$WORK/$name.log" 2>&1
+    local rc=$?
+    echo "== $name: exit $rc after $((SECONDS - t0)) s"; tail -25 "$WORK/$name.log"
+    echo "- $name: exit $rc after $((SECONDS - t0)) s (limit $limit s)" >> "$WORK/phases.md"
+    pack
 }
-phase 150 gpu_tests python -m pytest -q -m gpu tests/test_gpu.py
-phase 200 fewshot python -m experiments.cli bench fewshot --setting all --device "$DEVICE" --scale "$SCALE" \
-    --repeats 5 --out "$OUT/fewshot"
-phase 120 memory python -m experiments.cli bench memory --setting miniimagenet-5w1s --device "$DEVICE" \
-    --scale "$SCALE" --steps 1,5,10,20 --out "$OUT/memory"
-phase 300 compile python -m experiments.cli bench fewshot --setting miniimagenet-5w1s --device "$DEVICE" \
-    --scale "$SCALE" --repeats 5 --compile --compile-mode default,reduce-overhead --out "$OUT/compile"
+phase 90 gpu_tests "$PY" -m pytest -q -m gpu tests/test_gpu.py
+phase 150 fewshot "$PY" -m experiments.cli bench fewshot --setting all --device "$DEVICE" --scale "$SCALE" \
+    --repeats "$REPEATS" --out "$WORK/fewshot"
+phase 60 memory "$PY" -m experiments.cli bench memory --setting miniimagenet-5w1s --device "$DEVICE" \
+    --scale "$SCALE" --steps 1,5,10,20 --out "$WORK/memory"
+phase 180 compile "$PY" -m experiments.cli bench fewshot --setting miniimagenet-5w1s --device "$DEVICE" \
+    --scale "$SCALE" --repeats "$REPEATS" --compile --compile-mode default,reduce-overhead \
+    --out "$WORK/compile"

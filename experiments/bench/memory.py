@@ -14,13 +14,16 @@ path except first order:
   step);
 * ``first_order=True`` (FO-MAML): a different, cheaper gradient.
 
-Each (mode, N) pair runs in a fresh Python process so that one measurement's
-allocations cannot hide another's.  On CPU the peak is the process's peak
-resident set during the call (``VmHWM``, reset just before it through
+On CPU each (mode, N) pair runs in a fresh Python process so that one
+measurement's allocations cannot hide another's: the peak is the process's
+peak resident set during the call (``VmHWM``, reset just before it through
 ``/proc/self/clear_refs``) minus its resident set just before the call, with
-glibc set to map every large block on its own (:data:`CHILD_ENV`); on
-CUDA it is ``torch.cuda.max_memory_allocated`` minus the memory allocated
-before the call.  The time is one call after a one-step warm-up.
+glibc set to map every large block on its own (:data:`CHILD_ENV`).  On CUDA
+the caching allocator counts live tensors exactly and its peak can be reset,
+so every pair runs in this process (a fresh process per pair would spend
+seconds on CUDA's start each): the peak is ``torch.cuda.max_memory_allocated``
+minus the memory allocated before the call.  ``isolate`` overrides the choice.
+The time is one call after a one-step warm-up.
 
 On CPU each child's address space is capped (:func:`_address_space_cap`) so
 that a mode that does not fit fails alone with an allocation error instead of
@@ -130,30 +133,48 @@ def _address_space_cap() -> int:
 
 
 def _child(spec: str) -> None:
-    from experiments.bench.fewshot import SETTINGS, small
-
     a = json.loads(spec)
     if a.get("cap_bytes"):
         resource.setrlimit(resource.RLIMIT_AS, (a["cap_bytes"], a["cap_bytes"]))
-    setting = SETTINGS[a["setting"]]
-    if a["scale"] == "small":
-        setting = small(setting)
-    setting = replace(setting, inner_steps=a["steps"])
     torch.set_num_threads(a["threads"])
+    print(json.dumps(_in_process(a["setting"], a["scale"], a["steps"], a["mode"], a["device"])))
+
+
+def _in_process(setting_name: str, scale: str, steps: int, mode: str, device: str) -> dict:
+    """One cell measured in this process; an out-of-memory error reads "does not fit"."""
+    from experiments.bench.fewshot import SETTINGS, small
+
+    setting = SETTINGS[setting_name]
+    if scale == "small":
+        setting = small(setting)
+    setting = replace(setting, inner_steps=steps)
     try:
-        peak, seconds = measure(setting, a["mode"], a["steps"], a["device"])
+        peak, seconds = measure(setting, mode, steps, device)
     except (MemoryError, RuntimeError) as err:     # torch's allocators raise RuntimeError
         if "memory" not in str(err).lower():
             raise
-        print(json.dumps({"out_of_memory": str(err).splitlines()[0][:200]}))
-        return
-    print(json.dumps({"peak_mib": peak, "seconds": seconds}))
+        return {"out_of_memory": str(err).splitlines()[0][:200]}
+    finally:
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return {"peak_mib": peak, "seconds": seconds}
+
+
+def _in_child(spec: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "experiments.bench.memory", spec],
+                         capture_output=True, text=True, env={**os.environ, **CHILD_ENV})
+    if out.returncode != 0:
+        a = json.loads(spec)
+        raise RuntimeError(f"memory bench child ({a['mode']}, N={a['steps']}) failed:\n"
+                           f"{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run(setting_name: str, scale: str = "paper", steps: tuple[int, ...] = DEFAULT_STEPS,
         device: str = "cpu", modes: tuple[str, ...] = tuple(MODES), threads: int | None = None,
-        progress=None) -> MemoryBench:
-    """Every mode at every ``N`` in ``steps``, each in its own process."""
+        progress=None, isolate: bool | None = None) -> MemoryBench:
+    """Every mode at every ``N`` in ``steps``: on CPU (or with ``isolate=True``) each in its
+    own process, on CUDA (or with ``isolate=False``) in this one."""
     from experiments.bench.fewshot import SETTINGS
 
     if setting_name not in SETTINGS:
@@ -164,21 +185,22 @@ def run(setting_name: str, scale: str = "paper", steps: tuple[int, ...] = DEFAUL
     if not steps or any(not isinstance(n, int) or n < 1 for n in steps):
         raise ValueError(f"steps must be positive integers, got {steps!r}")
     name = setting_name + ("-small" if scale == "small" else "")
-    cap = None if device.startswith("cuda") else _address_space_cap()
+    if isolate is None:
+        isolate = not device.startswith("cuda")
+    cap = _address_space_cap() if isolate and not device.startswith("cuda") else None
     peak: dict[str, dict[int, float | None]] = {m: {} for m in modes}
     secs: dict[str, dict[int, float | None]] = {m: {} for m in modes}
     for n in steps:
         for m in modes:
             if progress is not None:
                 print(f"[{name}] {m}, {n} inner steps", file=progress, flush=True)
-            spec = json.dumps({"setting": setting_name, "scale": scale, "steps": n, "mode": m,
-                               "device": device, "threads": threads or torch.get_num_threads(),
-                               "cap_bytes": cap})
-            out = subprocess.run([sys.executable, "-m", "experiments.bench.memory", spec],
-                                 capture_output=True, text=True, env={**os.environ, **CHILD_ENV})
-            if out.returncode != 0:
-                raise RuntimeError(f"memory bench child ({m}, N={n}) failed:\n{out.stderr[-2000:]}")
-            got = json.loads(out.stdout.strip().splitlines()[-1])
+            if isolate:
+                got = _in_child(json.dumps({
+                    "setting": setting_name, "scale": scale, "steps": n, "mode": m,
+                    "device": device, "threads": threads or torch.get_num_threads(),
+                    "cap_bytes": cap}))
+            else:
+                got = _in_process(setting_name, scale, n, m, device)
             if "out_of_memory" in got:
                 if progress is not None:
                     print(f"[{name}] {m}, N={n} does not fit: {got['out_of_memory']}",

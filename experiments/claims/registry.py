@@ -10,7 +10,11 @@ Verdicts:
 
 * ``holds``: every measured value is within the stated tolerance of the claim;
 * ``fails``: a counterexample was found (family, seed, point, numbers);
-* ``holds only under``: holds under a stated condition and fails without it.
+* ``holds only under``: holds under a stated condition and fails without it;
+* ``inconclusive``: the measurement cannot tell the claim from its negation at this
+  budget (a confidence interval straddling the threshold, or a test that a planted
+  false version of the claim passes as well); ``condition`` says what it could not
+  separate.  Never a polite "holds".
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-VERDICTS = ("holds", "fails", "holds only under")
+VERDICTS = ("holds", "fails", "holds only under", "inconclusive")
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,8 @@ class ClaimResult:
     measured: named measured numbers (JSON-serialisable).
     tolerance: the tolerance the comparison used, in words with its numbers.
     summary: one sentence with the key numbers.
-    condition: for ``holds only under``, the condition.
+    condition: for ``holds only under``, the condition; for ``inconclusive``, what the
+        measurement could not separate.
     counterexample: for ``fails``, where (family, seed, point) and the numbers.
     plots: file names of the plots written into the output folder.
     """
@@ -58,6 +63,9 @@ class ClaimResult:
             raise ValueError("a 'fails' verdict needs its counterexample")
         if self.verdict == "holds only under" and not self.condition:
             raise ValueError("a 'holds only under' verdict needs its condition")
+        if self.verdict == "inconclusive" and not self.condition:
+            raise ValueError("an 'inconclusive' verdict needs to say what it could not separate "
+                             "(condition)")
 
 
 @dataclass

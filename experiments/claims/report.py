@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from experiments.claims.registry import Claim, ClaimResult
+from experiments.claims.registry import VERDICTS, Claim, ClaimResult
 
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def git_commit(root: Path | None = None) -> str:
@@ -85,7 +85,7 @@ def build_report(info: RunInfo, claims: list[Claim], results: list[ClaimResult],
             "summary": r.summary, "tolerance": r.tolerance, "measured": jsonable(r.measured),
             "condition": r.condition, "counterexample": jsonable(r.counterexample),
             "plots": list(r.plots), "seconds": round(r.seconds, 3)}
-    counts = {v: sum(1 for r in results if r.verdict == v) for v in ("holds", "fails", "holds only under")}
+    counts = {v: sum(1 for r in results if r.verdict == v) for v in VERDICTS}
     return {
         "schema_version": SCHEMA_VERSION, "command": info.command, "seed": info.seed,
         "quick": info.quick, "package_version": info.package_version,
@@ -123,14 +123,14 @@ def markdown(report: dict) -> str:
         "- verdicts: " + ", ".join(f"{k}: {v}" for k, v in report["counts"].items()), "",
         "| claim | paper | verdict | what was measured |", "|---|---|---|---|"]
     for cid, e in report["claims"].items():
-        verdict = e["verdict"] if e["verdict"] != "holds only under" else f"holds only under: {e['condition']}"
+        verdict = f"{e['verdict']}: {e['condition']}" if e["condition"] else e["verdict"]
         lines.append(f"| `{cid}` | {_cell(e['reference'])} | **{_cell(verdict)}** | {_cell(e['summary'])} |")
     lines += ["", "## Claims in detail", ""]
     for cid, e in report["claims"].items():
         lines += [f"### `{cid}`: {e['verdict']}", "", f"*{e['reference']}.* {e['statement']}", "",
                   f"- tolerance: {e['tolerance']}", f"- measured: {e['summary']}"]
         if e["condition"]:
-            lines.append(f"- holds only under: {e['condition']}")
+            lines.append(f"- {e['verdict']}: {e['condition']}")
         if e["counterexample"]:
             lines.append("- counterexample: `" + json.dumps(e["counterexample"])[:1500] + "`")
         lines.append(f"- time: {e['seconds']:.2f} s")
