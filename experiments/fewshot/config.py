@@ -56,12 +56,12 @@ class TrainConfig:
                    shared machine 1 thread per run avoids OpenMP spinning against other work.
     task_batching: "loop" (one task after another), "vmap" (vectorised over the meta-batch)
                    or "auto" (the default): loop on CPU, vmap on CUDA, replaced by the concrete
-                   choice on construction.  Measured on one CPU thread (MAML, meta-batch 32):
-                   with 64 filters and 15 queries per class the loop took 9.7 s/iteration
-                   against vmap's 15.3; with 32 filters and 5 queries vmap took 1.2 s against
-                   the loop's 2.3.  So the CPU default suits the default model; pass vmap for
-                   small models.  The CUDA choice follows common practice and awaits the GPU
-                   bench (``experiments/bench/gpu_run.sh``).
+                   choice on construction.  On one CPU thread the loop is faster at
+                   the paper's sizes (``testbed bench fewshot``: vmap 11% slower on
+                   mini-ImageNet 5-way, 31% on Omniglot 20-way; README); smaller models may
+                   favour vmap, which ``--task-batching vmap`` selects.  The CUDA choice
+                   follows common practice and awaits the GPU bench
+                   (``experiments/bench/gpu_run.sh``).
     precision:     "float32"; "bf16" (meta-gradients and evaluation under ``torch.autocast``
                    with bfloat16: convolutions and matrix products in bfloat16, parameters and
                    the meta-update in float32); "tf32" (CUDA only: float32 tensors, TensorFloat-32
