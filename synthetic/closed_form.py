@@ -34,8 +34,8 @@ def _per_run(value, lead: torch.Size, dtype: torch.dtype) -> torch.Tensor:
 
 def batched_sharp_meta_gradient(family, theta: torch.Tensor, *, beta_low, steps: int = 1,
                                 alpha_low=0.0, alpha_up=0.0, first_order: bool = False,
-                                noise: tuple[torch.Tensor, torch.Tensor] | None = None
-                                ) -> torch.Tensor:
+                                noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+                                hessian_noise: torch.Tensor | None = None) -> torch.Tensor:
     """Sharp-MAML meta-gradients of many runs at once: ``theta`` is ``[..., d]``.
 
     ``beta_low``, ``alpha_low`` and ``alpha_up`` are floats or tensors over the
@@ -43,7 +43,12 @@ def batched_sharp_meta_gradient(family, theta: torch.Tensor, *, beta_low, steps:
     sizes and radii.  ``noise = (z, z')`` with shapes ``[..., M, d]`` adds the
     oracle noise of :meth:`synthetic.base.FamilyBase.tasks` to every support and
     query gradient (Hessians exact), exactly as a batch carrying ``z`` does in
-    :mod:`testbed.meta`.  Returns ``[..., d]``.
+    :mod:`testbed.meta`.  ``hessian_noise`` (default None: exact Hessians) with
+    shape ``[..., M, d, d]`` is added to every support Hessian of the
+    meta-gradient's Jacobian products, ``J_k = I - beta_low (hess L + Z)``: the
+    stochastic Hessian oracle of Assumptions 2-3 (Abbas et al. 2022, App. C.2, the
+    ``psi_m`` of ``h^t``); draw it with :func:`hessian_noise`.  The same ``Z`` is used
+    in every step and in both passes (one batch).  Returns ``[..., d]``.
     """
     V.positive_int("steps", steps)
     theta = torch.as_tensor(theta, dtype=family.dtype)
@@ -56,6 +61,11 @@ def batched_sharp_meta_gradient(family, theta: torch.Tensor, *, beta_low, steps:
         if (t <= 0).any() if strict else (t < 0).any():
             raise ValueError(f"{name} must be {'> 0' if strict else '>= 0'}, got min {t.min().item()!r}")
     zs, zq = noise if noise is not None else (None, None)
+    if hessian_noise is not None:
+        hessian_noise = torch.as_tensor(hessian_noise, dtype=family.dtype)
+        if hessian_noise.shape[-3:] != (M, d, d):
+            raise ValueError(f"hessian_noise must have shape [..., {M}, {d}, {d}], "
+                             f"got {tuple(hessian_noise.shape)}")
     b3 = bl[..., None, None]
 
     def grad(x, which, z):
@@ -79,13 +89,48 @@ def batched_sharp_meta_gradient(family, theta: torch.Tensor, *, beta_low, steps:
         v = grad(x, "query", zq)
         if not first_order:   # J_0^T ... J_{N-1}^T v with J_k = I - beta H(point_k), H symmetric
             for point in reversed(points):
-                v = v - b3 * family.hvp(point, v, "support")
+                hv = family.hvp(point, v, "support")
+                if hessian_noise is not None:
+                    hv = hv + torch.einsum("...ij,...j->...i", hessian_noise, v)
+                v = v - b3 * hv
         return v.mean(-2), new_plan
 
     h, plan = one_pass(theta, None)
     if not (au > 0).any():
         return h
     return one_pass(theta + au[..., None] * _unit(h), plan)[0]
+
+
+HESSIAN_NOISE_KINDS = ("scalar", "gaussian")
+
+
+def hessian_noise(lead: tuple[int, ...], num_tasks: int, dim: int, sigma_b: float, *,
+                  generator: torch.Generator, dtype: torch.dtype = torch.float64,
+                  kind: str = "scalar") -> torch.Tensor:
+    """Mean-zero symmetric noise ``Z`` of shape ``[*lead, num_tasks, dim, dim]`` for a Hessian oracle.
+
+    Assumption 3 (Abbas et al. 2022, App. C.2) bounds the variance of the
+    Hessian estimator by ``sigma_b^2``; the paper does not name the matrix norm.
+
+    * ``"scalar"``: ``Z = s sigma_b I`` with ``s = +-1`` equally likely, so
+      ``||Z||_2 = sigma_b`` exactly and ``||Z v|| = sigma_b ||v||`` for every ``v``:
+      the proof of Lemma 4's step ``||Z v|| <= ||Z|| ||v||`` is tight.  Its Frobenius
+      norm is ``sigma_b sqrt(dim)``.
+    * ``"gaussian"``: ``Z = c (G + G^T)`` with ``G`` standard normal, scaled so that
+      ``E ||Z||_F^2 = sigma_b^2`` (hence ``E ||Z||_2^2 <= sigma_b^2`` as well).
+    """
+    V.nonnegative("sigma_b", sigma_b)
+    V.positive_int("num_tasks", num_tasks)
+    V.positive_int("dim", dim)
+    if kind not in HESSIAN_NOISE_KINDS:
+        raise ValueError(f"kind must be one of {HESSIAN_NOISE_KINDS}, got {kind!r}")
+    shape = (*lead, num_tasks)
+    if kind == "scalar":
+        s = torch.randint(0, 2, shape, generator=generator).to(dtype) * 2 - 1
+        return (s * sigma_b)[..., None, None] * torch.eye(dim, dtype=dtype)
+    G = torch.randn(*shape, dim, dim, generator=generator, dtype=dtype)
+    # entries of G + G^T: variance 2 off the diagonal, 4 on it; E||.||_F^2 = 2 d (d + 1)
+    return (G + G.transpose(-1, -2)) * (sigma_b / (2 * dim * (dim + 1)) ** 0.5)
 
 
 def sharp_meta_gradient(family, theta: torch.Tensor, *, beta_low: float, steps: int = 1,

@@ -196,3 +196,30 @@ def test_auto_task_batching_is_resolved_by_device_on_construction(toy, tmp_path)
     assert replace(config, task_batching="vmap").task_batching == "vmap"
     with pytest.raises(ValueError, match="task_batching"):
         replace(config, task_batching="sometimes")
+
+
+def test_a_missing_test_part_is_an_error_before_the_first_iteration(tmp_path, capsys):
+    """mini-ImageNet's parts are separate user files: a root with the training part only
+    must fail at the start, naming the missing part, not after the training it would waste."""
+    import pickle
+
+    import numpy as np
+
+    images = np.random.default_rng(0).integers(0, 256, size=(12, 84, 84, 3), dtype=np.uint8)
+    classes = {f"n0{i}": list(range(3 * i, 3 * i + 3)) for i in range(4)}
+    (tmp_path / "mini-imagenet-cache-train.pkl").write_bytes(
+        pickle.dumps({"image_data": images, "class_dict": classes}))
+    spec = f"miniimagenet:{tmp_path}"
+    config = _tiny(spec, tmp_path / "run", image_size=16, task_batching="loop")
+    with pytest.raises(ValueError, match=r"part 'test' not found"):
+        run(config, progress=None)
+    assert not (tmp_path / "run" / CHECKPOINT_NAME).exists()
+    with pytest.raises(ValueError, match=r"part 'val' not found"):
+        run(replace(config, val_every=1, eval_episodes=0), progress=None)
+    result = run(replace(config, eval_episodes=0), progress=None)     # needs no other part
+    assert result.test is None and (tmp_path / "run" / CHECKPOINT_NAME).exists()
+    argv = ["train", "--source", spec, "--image-size", "16", "--ways", "3", "--queries", "2",
+            "--hidden", "4", "--meta-batch", "2", "--iterations", "1", "--out", str(tmp_path / "cli")]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "'test' not found" in lines[0]

@@ -92,7 +92,8 @@ _ALL_ROTATIONS = (0, 1, 2, 3)
 _DEFAULT_ROTATE = {"vinyals": True, "lake": False}
 
 _WHERE = (
-    f"point elsewhere with data_root=... or ${DATA_ENV} (the directory that holds omniglot/)"
+    f"point elsewhere with --data-root DIR (data_root= in Python) or ${DATA_ENV} (the directory "
+    "that holds omniglot/)"
 )
 # (resolved path, size, mtime_ns, expected md5) of zips whose md5 matched in this process.
 _VERIFIED: set[tuple[str, int, int, str]] = set()

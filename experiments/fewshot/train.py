@@ -35,6 +35,7 @@ from typing import Any, TextIO
 import torch
 
 from experiments.data import FewShotSource, episode_batch, resolve_source
+from experiments.data.resolve import require_part_present
 from experiments.fewshot.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from experiments.fewshot.common import (STREAM_INIT, STREAM_LOG_SWP, STREAM_SWP, as_tasks,
                                         derived_generator, environment, episode_metrics,
@@ -204,6 +205,10 @@ def run(config: TrainConfig, *, resume: bool = False, progress: TextIO | None = 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     train_source = source or resolve_source(config.source, "train", config.data_root, config.image_size)
+    # the parts needed after hours of training must be there before the first iteration
+    for part, needed in (("val", config.val_every), ("test", config.eval_episodes)):
+        if needed:
+            require_part_present(config.source, part, config.data_root)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / CHECKPOINT_NAME
