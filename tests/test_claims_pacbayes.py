@@ -20,9 +20,16 @@ GROUPS = ["thm2", "thm3", "lemma6", "d1", "d2"]
 CLAIM = {c.id: c for c in select(GROUPS)}
 
 
-def _max_term_only(max_term, theta_sq, alpha, n, k, delta, gamma, log_alpha=None):
+def _max_term_only(max_term, theta_sq, alpha, n, k, delta, gamma, log_alpha=None, complexity_scale=1.0):
     """A planted 'bound' without the sqrt term and without gamma_A: empirical <= population."""
     return max_term
+
+
+def _scaled(rhs, factor):
+    """``rhs`` with its complexity term multiplied by ``factor`` (controls scale it further)."""
+    def planted(*args, complexity_scale=1.0, **kw):
+        return rhs(*args, complexity_scale=complexity_scale * factor, **kw)
+    return planted
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +41,7 @@ def ctx():
 def test_the_group_registers_every_claim_of_the_brief():
     assert {"thm3.coverage", "thm2.coverage", "lemma6.coverage", "thm3.vacuity", "d1.radius",
             "d1.proof_alpha1", "d1.chain", "d2.assumption", "thm3.sharpness",
-            "thm3.stability"} <= set(CLAIM)
+            "thm3.stability", "thm3.sharp_vs_maml"} <= set(CLAIM)
 
 
 @pytest.mark.parametrize("claim_id", sorted(CLAIM))
@@ -47,13 +54,34 @@ def test_each_claim_returns_a_valid_json_able_verdict(ctx, claim_id):
         assert {"family", "seed", "point"} <= set(result.counterexample)
 
 
-def test_theorem_3_and_eq18_and_lemma6_cover_at_least_1_minus_delta(ctx):
+def test_theorem_3_and_eq18_and_lemma6_cover_but_the_test_also_accepts_a_halved_term(ctx):
     for check in (PB.check_thm3_coverage, PB.check_thm2_coverage, PB.check_lemma6_coverage):
         r = check(ctx)
-        assert r.verdict == "holds"
-        for row in r.measured["rows"].values():
-            assert row["ci_high"] >= row["target"]
-            assert row["median_rhs_minus_lhs"] > 0
+        assert r.verdict == "inconclusive" and "divided by" in r.condition
+        for setting in r.measured["settings"].values():
+            for row in setting["rows"].values():
+                assert row["ci_high"] >= row["target"]
+                assert row["controls (complexity term / c)"]["2"]["rejected"] is False
+        # the removed-term control is rejected somewhere: the test is not blind
+        assert any(row["controls (complexity term / c)"]["removed"]["rejected"]
+                   for setting in r.measured["settings"].values() for row in setting["rows"].values())
+
+
+def test_coverage_controls_are_nested_and_the_default_setting_accepts_a_term_divided_by_8(ctx):
+    r = PB.check_thm3_coverage(ctx)
+    default = r.measured["settings"][PB.THM3.name]
+    for row in default["rows"].values():
+        cov = [row["coverage"]] + [v["coverage"] for v in row["controls (complexity term / c)"].values()]
+        assert all(a >= b for a, b in zip(cov, cov[1:]))          # a smaller right side covers less
+    assert r.measured["discrimination_at_default_setting"] == "8"
+
+
+def test_a_planted_bound_whose_halved_control_fails_gives_holds_and_an_8x_tighter_one_fails(ctx):
+    # stated = paper / 3: its halved control (paper / 6) is rejected in the hard setting
+    tight = PB.check_thm3_coverage(ctx, rhs=_scaled(PB.thm3_rhs, 1 / 3))
+    assert tight.verdict == "holds" and tight.measured[
+        "discrimination (largest divisor accepted in the most discriminating row)"] == "1"
+    assert PB.check_thm3_coverage(ctx, rhs=_scaled(PB.thm3_rhs, 1 / 16)).verdict == "fails"
 
 
 @pytest.mark.parametrize("check", [PB.check_thm3_coverage, PB.check_thm2_coverage])
@@ -65,7 +93,7 @@ def test_a_planted_bound_without_sqrt_term_and_gamma_fails_coverage(ctx, check):
 
 
 def test_lemma6_without_its_complexity_term_fails_coverage(ctx):
-    r = PB.check_lemma6_coverage(ctx, rhs=lambda emp, kl, n, delta, gamma: emp)
+    r = PB.check_lemma6_coverage(ctx, rhs=lambda emp, kl, n, delta, gamma, complexity_scale=1.0: emp)
     assert r.verdict == "fails"
 
 
@@ -168,15 +196,74 @@ def test_d1_proof_alpha1_satisfies_the_proofs_identity(ctx):
             assert p["ln_alpha1_min"] > p["ln_alpha0"]
 
 
-def test_d1_numerical_claim_holds_and_the_proofs_explicit_alpha1_fails_for_small_n(ctx):
-    assert PB.check_d1_radius(ctx).verdict == "holds"
+def test_d1_radius_holds_only_where_the_best_bound_is_not_vacuous(ctx):
+    r = PB.check_d1_radius(ctx)
+    assert r.verdict == "holds only under" and r.counterexample["n"] == 10
+    assert r.counterexample["g_min"] >= 1 and "non-vacuous" in r.condition
+    assert all(v["raw_g_improves (by construction)"] for v in r.measured["rows"].values())
+    assert "by the bound's form" in r.summary
+    # a planted right side lowered by 0.7 is non-vacuous at n = 10 too: the check then holds
+    lowered = lambda *a, **kw: PB.thm3_rhs(*a, **kw) - 0.7  # noqa: E731
+    assert PB.check_d1_radius(ctx, rhs=lowered).verdict == "holds"
+    # raised by 5, the bound is vacuous everywhere: no configuration improves, the check fails
+    raised = lambda *a, **kw: PB.thm3_rhs(*a, **kw) + 5.0  # noqa: E731
+    assert PB.check_d1_radius(ctx, rhs=raised).verdict == "fails"
+
+
+def test_d1_proofs_explicit_alpha1_fails_for_small_n(ctx):
     r = PB.check_d1_proof(ctx)
     assert r.verdict == "fails" and r.counterexample["g_alpha1"] >= r.counterexample["g_alpha0"]
 
 
-def test_d2_a_planted_required_increase_is_rejected(ctx):
-    assert PB.check_d2(ctx).verdict in ("holds", "holds only under")
-    assert PB.check_d2(ctx, required_increase=0.05).verdict != "holds"
+def test_d2_fails_with_a_k2_counterexample_and_selects_no_condition(ctx):
+    r = PB.check_d2(ctx)
+    assert r.verdict == "fails" and r.condition is None
+    assert r.counterexample["k"] >= 2 and r.counterexample["E_eps_minus_L"] < 0
+    assert {"one task, n=3, k=2, tau=1.5", "one task, n=2, k=2, tau=2",
+            "two tasks at +-2 e1, n=20, k=2"} <= set(r.measured["rows"])
+    assert r.measured["failing_configurations_with_k_ge_2"]
+
+
+def test_d2_a_planted_weaker_assumption_holds_and_a_stronger_one_fails(ctx):
+    assert PB.check_d2(ctx, required_increase=-1.0).verdict == "holds"   # E - L >= -1 always
+    assert PB.check_d2(ctx, required_increase=0.05).verdict == "fails"
+
+
+def test_sharp_meta_gradient_with_zero_eps_m_is_eq30_and_matches_autograd():
+    means = torch.tensor([[1.0, 0.0], [0.5, 0.5]], dtype=torch.float64)
+    x = KT.sample_data(means, 0.5, 7, draws=(3,), seed=2)
+    theta = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    zero = torch.zeros(3, 2, 2, dtype=torch.float64)
+    assert (PB.sharp_meta_grad(theta, x, zero) - PB.objective_and_grad(theta, x)[1]).abs().max() <= TOL
+    eps_m = 0.3 * torch.randn(3, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+    def outer(th, b):   # eq. (10): the perturbation is a constant, D'_m = D_m
+        per = [KT.empirical_value(th - PB.BETA_LOW * KT.empirical_gradient(th + eps_m[b, m], x[b, m]),
+                                  x[b, m]) for m in range(2)]
+        return sum(per) / 2
+    ref = torch.stack([grad(outer)(theta[b], b) for b in range(3)])
+    assert (PB.sharp_meta_grad(theta, x, eps_m) - ref).abs().max() <= TOL
+
+
+def test_train_sharp_maml_with_alpha_low_zero_is_sharp_maml_up():
+    x = KT.sample_data(torch.tensor([[1.0, 0.0]], dtype=torch.float64), 0.5, 10, draws=(4,), seed=6)
+    up = PB.train_sharp_maml_up(x, steps=5)
+    assert (PB.train_sharp_maml(x, alpha_up=PB.ALPHA_UP, alpha_low=0.0, steps=5) - up).abs().max() <= TOL
+    both = PB.train_sharp_maml(x, alpha_up=PB.ALPHA_UP, alpha_low=0.2, steps=5)
+    assert (both - up).abs().max() > 1e-6                              # alpha_low changes the path
+    with pytest.raises(ValueError, match="-0.1"):
+        PB.train_sharp_maml(x, alpha_up=-0.1, alpha_low=0.0)
+
+
+def test_sharp_vs_maml_reports_paired_differences_and_flips_with_the_claimed_sign(ctx):
+    r = PB.check_sharp_vs_maml(ctx)
+    rows = r.measured["rows"]
+    assert len(rows) == 2 * len(PB.SVM_RADII)
+    # on this family Sharp-MAML's best bound is larger than MAML's at alpha = 0.5: a finding
+    assert r.verdict == "fails" and r.counterexample["bound_variant"] > r.counterexample["bound_maml"]
+    assert rows["Sharp-MAML_up, alpha_up=0.5"]["bound_difference_ci"][0] > 0
+    # the opposite (planted) claim, "Sharp-MAML's bound is larger", is not refuted by the same data
+    assert PB.check_sharp_vs_maml(ctx, claimed_sign=1.0).verdict != "fails"
 
 
 def test_stability_claim_holds_and_rejects_a_planted_half_bound_and_slope(ctx):

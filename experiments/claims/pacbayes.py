@@ -33,7 +33,8 @@ holds).  On test draws (k = 2 and 5) it is within 1e-7 (alpha = 0.05), 3e-4 (alp
 and 6e-3 (alpha = 2) of a 32-restart, 200-step run, which a dense polar grid (k = 2)
 confirms to 6e-6; the coverage slack is about 0.3-0.5.
 
-Claims: ``thm3.coverage``, ``thm2.coverage``, ``lemma6.coverage``, ``thm3.vacuity``,
+Claims: ``thm3.coverage``, ``thm2.coverage``, ``lemma6.coverage`` (each with planted controls:
+the complexity term divided by 2, 4, 8 or removed), ``thm3.vacuity``, ``thm3.sharp_vs_maml``,
 ``d1.radius``, ``d1.proof_alpha1``, ``d1.chain``, ``d2.assumption``, ``thm3.sharpness``,
 ``thm3.stability``.  Every check takes the claimed statement (a bound as a function, a
 constant, a slope) as an argument with the paper's as default, so a planted false statement
@@ -99,6 +100,8 @@ class Setting:
     dim: int
     mean_spread: float = 0.0
     tau: float = TAU
+    offset: float = MEAN_OFFSET
+    """Task centres ``mu_m = offset e_1 + mean_spread N(0, I)``."""
 
     @property
     def total(self) -> int:
@@ -107,12 +110,20 @@ class Setting:
 
 THM3 = Setting("thm3: one task", 1, 50, 2)
 THM2 = Setting("thm2: 4 tasks", 4, 25, 2, mean_spread=0.5)
+THM3_HARD = Setting("thm3 hard: one task, n=2, k=1, tau=3, centre 0", 1, 2, 1, tau=3.0, offset=0.0)
+THM2_HARD = Setting("thm2 hard: 2 tasks at e1, n=2, k=1, tau=3", 2, 2, 1, tau=3.0)
+"""The most discriminating settings of a search fixed before these checks were written (seed 0,
+2,000 draws, outside the registry): one task or M in {1, 2, 4}, n in {2, ..., 50}, k in {1, 2, 3},
+tau in {0.5, ..., 3}, centres at e1, 0 or +-2 e1, alpha in {0.01, 0.05, 0.5, 2}, delta in
+{0.05, 0.5}.  Tiny n and wide data (large per-sample loss variance, a large fine-tuning gap)
+make the control with the complexity term divided by 4 fail; none made the halved one fail."""
+COVERAGE_SALT = {THM3.name: 1, THM2.name: 2, THM3_HARD.name: 3, THM2_HARD.name: 4}
 
 
 def _means(setting: Setting, seed: int) -> torch.Tensor:
     rng = np.random.default_rng([seed, 11, setting.num_tasks, setting.dim])
     mu = setting.mean_spread * rng.standard_normal((setting.num_tasks, setting.dim))
-    mu[:, 0] += MEAN_OFFSET
+    mu[:, 0] += setting.offset
     return torch.as_tensor(mu, dtype=DTYPE)
 
 
@@ -261,19 +272,26 @@ def sqrt_term(theta_sq, alpha, n: int, k: int, delta: float, constant: float,
     return np.sqrt(num / (4.0 * n))
 
 
-def thm3_rhs(max_term, theta_sq, alpha, n, k, delta, gamma, log_alpha=None):
-    """Right side of Theorem 3 with O(1) = 14 (the proof's constant)."""
-    return max_term + gamma + sqrt_term(theta_sq, alpha, n, k, delta, PROOF_CONSTANT, log_alpha)
+def thm3_rhs(max_term, theta_sq, alpha, n, k, delta, gamma, log_alpha=None, complexity_scale=1.0):
+    """Right side of Theorem 3 with O(1) = 14 (the proof's constant).
+
+    ``complexity_scale`` multiplies the square-root (complexity) term: 1 is the bound as stated;
+    ``1/c`` and 0 are the planted-false controls of the coverage checks.
+    """
+    return max_term + gamma + complexity_scale * sqrt_term(theta_sq, alpha, n, k, delta,
+                                                           PROOF_CONSTANT, log_alpha)
 
 
-def eq18_rhs(max_term, theta_sq, alpha, n, k, delta, gamma, log_alpha=None):
-    """Right side of eq. (18) as printed (``n`` here is ``nM``; no O(1) term)."""
-    return max_term + gamma + sqrt_term(theta_sq, alpha, n, k, delta, EQ18_CONSTANT, log_alpha)
+def eq18_rhs(max_term, theta_sq, alpha, n, k, delta, gamma, log_alpha=None, complexity_scale=1.0):
+    """Right side of eq. (18) as printed (``n`` here is ``nM``; no O(1) term); see :func:`thm3_rhs`."""
+    return max_term + gamma + complexity_scale * sqrt_term(theta_sq, alpha, n, k, delta,
+                                                           EQ18_CONSTANT, log_alpha)
 
 
-def lemma6_rhs(empirical, kl, n, delta, gamma):
-    """Lemma 6: ``E_Q L(., D) + sqrt((KL(Q||P0) + ln(2 sqrt n / delta)) / (2n)) + gamma_A``."""
-    return empirical + np.sqrt((kl + math.log(2 * math.sqrt(n) / delta)) / (2 * n)) + gamma
+def lemma6_rhs(empirical, kl, n, delta, gamma, complexity_scale=1.0):
+    """Lemma 6: ``E_Q L(., D) + sqrt((KL(Q||P0) + ln(2 sqrt n / delta)) / (2n)) + gamma_A``
+    (``complexity_scale`` multiplies the square root, as in :func:`thm3_rhs`)."""
+    return empirical + complexity_scale * np.sqrt((kl + math.log(2 * math.sqrt(n) / delta)) / (2 * n)) + gamma
 
 
 LEMMA6_PRIOR_VAR = 1.0
@@ -342,7 +360,7 @@ def _draws(ctx: Context) -> int:
 
 def coverage_draws(ctx: Context, setting: Setting) -> CoverageDraws:
     """Train on ``R`` independent data sets at once and measure every side of the bounds."""
-    salt = 1 if setting.num_tasks == 1 else 2
+    salt = COVERAGE_SALT[setting.name]
     torch_seed = int(ctx.rng(31, salt).integers(2 ** 62))
     means = _means(setting, ctx.seed)
     R = _draws(ctx)
@@ -376,20 +394,46 @@ def _shared_draws(ctx: Context, setting: Setting) -> CoverageDraws:
     return ctx.shared(f"pacbayes.coverage.{setting.name}", lambda: coverage_draws(ctx, setting))
 
 
-def _coverage_result(ctx: Context, d: CoverageDraws, rhs_values: Callable[[float, float], np.ndarray],
-                     lhs_values: Callable[[float], np.ndarray], what: str, extra: dict) -> ClaimResult:
+CONTROL_DIVISORS = (2.0, 4.0, 8.0, math.inf)
+"""Planted-false controls: the stated bound with its complexity (square-root) term divided by
+``c`` (``inf``: removed).  Each is false as a theorem; a coverage test that accepts it cannot
+tell the stated bound from that tighter one."""
+
+
+def _divisor_label(c: float) -> str:
+    return "removed" if math.isinf(c) else f"{c:g}"
+
+
+def _coverage_table(ctx: Context, d: CoverageDraws, rhs_values: Callable, lhs_values: Callable):
+    """Coverage of the stated bound and of its controls on the same draws, per (alpha, delta).
+
+    ``rhs_values(d, alpha, delta, scale)`` is the right side with the complexity term times
+    ``scale``; ``lhs_values(d, alpha)`` the left side.  Returns ``(rows, worst)``; each row has
+    ``largest_passing_divisor``: the largest ``c`` (of 1 = stated and :data:`CONTROL_DIVISORS`)
+    whose bound the test does not reject (``"none"`` when even the stated one is rejected).
+    """
     rows, worst = {}, None
     for alpha in COVERAGE_ALPHAS:
-        lhs = lhs_values(alpha)
+        lhs = lhs_values(d, alpha)
         for delta in DELTAS:
-            rhs = rhs_values(alpha, delta)
+            rhs = rhs_values(d, alpha, delta, 1.0)
             holds = lhs <= rhs + ROUND
             cv = coverage_verdict(holds, delta)
             slack = rhs - lhs
             cond = d.assumption_gap[alpha] >= -ROUND
+            controls, passing = {}, "1" if cv.verdict != "below target" else "none"
+            for c in CONTROL_DIVISORS:
+                h = lhs <= rhs_values(d, alpha, delta, 0.0 if math.isinf(c) else 1.0 / c) + ROUND
+                cc = coverage_verdict(h, delta)
+                rejected = cc.verdict == "below target"
+                controls[_divisor_label(c)] = {"coverage": cc.coverage.estimate,
+                                               "ci_high": cc.coverage.upper, "rejected": rejected}
+                if not rejected and passing != "none":
+                    passing = _divisor_label(c)
             rows[f"alpha={alpha:g}, delta={delta:g}"] = {
                 "coverage": cv.coverage.estimate, "ci_low": cv.coverage.lower,
                 "ci_high": cv.coverage.upper, "target": cv.target, "verdict": cv.verdict,
+                "controls (complexity term / c)": controls, "largest_passing_divisor": passing,
                 "median_rhs_minus_lhs": float(np.median(slack)),
                 "median_rhs": float(np.median(rhs)), "median_lhs": float(np.median(lhs)),
                 "fraction_vacuous_rhs_ge_1": float(np.mean(rhs >= 1)),
@@ -404,20 +448,80 @@ def _coverage_result(ctx: Context, d: CoverageDraws, rhs_values: Callable[[float
                          "lhs": float(lhs[i]), "rhs": float(rhs[i]),
                          "coverage": cv.coverage.estimate,
                          "ci": [cv.coverage.lower, cv.coverage.upper], "target": cv.target}
-    measured = {"rows": rows, "draws": len(d.lhs), "setting": d.setting.__dict__,
+    return rows, worst
+
+
+_DIVISOR_ORDER = ("none", "1") + tuple(_divisor_label(c) for c in CONTROL_DIVISORS)
+
+
+def _coverage_result(ctx: Context, settings: tuple[Setting, ...], rhs_values: Callable,
+                     lhs_values: Callable, what: str, extra: dict) -> ClaimResult:
+    """Verdict of a coverage claim from its default setting (first) and its hard setting.
+
+    ``fails``: the stated bound's coverage interval lies below ``1 - delta`` in some row.
+    ``holds``: it does not, and in some row the control with the complexity term halved is
+    rejected (the test can tell the bound from a twice tighter false one).  ``inconclusive``:
+    every row accepts the halved control as well; the condition names the smallest divisor the
+    test rejects.
+    """
+    per, worst = {}, None
+    for setting in settings:
+        d = _shared_draws(ctx, setting)
+        rows, w = _coverage_table(ctx, d, rhs_values, lhs_values)
+        per[setting.name] = {"setting": setting.__dict__, "draws": len(d.lhs), "gamma_A": d.gamma,
+                             "median_grad_norm_at_theta_hat": float(np.median(d.grad_norm)),
+                             "median_theta_hat_norm": float(np.median(np.sqrt(d.theta_sq))),
+                             "rows": rows}
+        worst = worst or w
+    default = settings[0].name
+    ranked = [(_DIVISOR_ORDER.index(r["largest_passing_divisor"]), name, key)
+              for name, v in per.items() for key, r in v["rows"].items()
+              if r["largest_passing_divisor"] != "none"]
+    rank, best_name, best_key = min(ranked) if ranked else (0, default, "")
+    discrimination = _DIVISOR_ORDER[rank]
+    default_disc = _DIVISOR_ORDER[min(_DIVISOR_ORDER.index(r["largest_passing_divisor"])
+                                      for r in per[default]["rows"].values())]
+    measured = {"settings": per, "control_divisors": [_divisor_label(c) for c in CONTROL_DIVISORS],
+                "discrimination (largest divisor accepted in the most discriminating row)": discrimination,
+                "most_discriminating_row": f"{best_name}: {best_key}",
+                "discrimination_at_default_setting": default_disc,
                 "beta_low": BETA_LOW, "beta_up": BETA_UP, "alpha_up": ALPHA_UP,
-                "train_steps": TRAIN_STEPS, "init": "theta_0 = 0", "gamma_A": d.gamma,
-                "median_grad_norm_at_theta_hat": float(np.median(d.grad_norm)),
-                "median_theta_hat_norm": float(np.median(np.sqrt(d.theta_sq))), **extra}
-    tol = ("fails only if the 95% Clopper-Pearson interval of the coverage lies entirely below "
-           "1 - delta; the ball max is a lower estimate (projected gradient ascent), so the "
-           "coverage is conservative")
-    cov = "; ".join(f"{k}: {v['coverage']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}], "
-                    f"median slack {v['median_rhs_minus_lhs']:.3f}" for k, v in rows.items())
-    summary = f"{what} over {len(d.lhs)} draws: {cov}"
-    if worst is None:
-        return ClaimResult("holds", measured, tol, summary)
-    return ClaimResult("fails", measured, tol, summary, counterexample=worst)
+                "train_steps": TRAIN_STEPS, "init": "theta_0 = 0", **extra}
+    tol = ("a bound is rejected only if the 95% Clopper-Pearson interval of its coverage lies entirely "
+           "below 1 - delta; the ball max is a lower estimate (projected gradient ascent), so the "
+           "coverage is conservative; controls: the same bound with its complexity term divided by "
+           + ", ".join(_divisor_label(c) for c in CONTROL_DIVISORS) + " on the same draws")
+    rows0 = per[default]["rows"]
+    cov = "; ".join(f"{k}: {v['coverage']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+                    for k, v in rows0.items())
+    hard = [s.name for s in settings[1:]]
+    best_row = per[best_name]["rows"].get(best_key, {})
+    ctl = best_row.get("controls (complexity term / c)", {})
+    ctl_txt = ", ".join(f"/{c}: {v['coverage']:.3f}{' (rejected)' if v['rejected'] else ''}"
+                        for c, v in ctl.items())
+    summary = (f"{what}, {default} ({per[default]['draws']} draws): {cov}; the test accepts the "
+               f"complexity term divided by up to {default_disc} there; most discriminating row "
+               f"{best_name}, {best_key}: stated {best_row.get('coverage', float('nan')):.3f}, {ctl_txt}")
+    if worst is not None:
+        return ClaimResult("fails", measured, tol, summary, counterexample=worst)
+    if discrimination == "1":
+        return ClaimResult("holds", measured, tol, summary + "; the halved control is rejected, so "
+                           "this test can fail")
+    nxt = _DIVISOR_ORDER[rank + 1] if rank + 1 < len(_DIVISOR_ORDER) else None
+    cond = (f"coverage >= 1 - delta cannot separate the bound as printed from the same bound with its "
+            f"complexity (square-root) term divided by {discrimination}: that false, tighter bound "
+            f"passes in every row of {default} (which accepts divisors up to {default_disc}) and of "
+            f"the pre-declared hard setting(s) {', '.join(hard)}"
+            + (f", the best of which rejects only divisors >= {nxt}" if nxt else ""))
+    return ClaimResult("inconclusive", measured, tol, summary, condition=cond)
+
+
+def _ball_rhs(rhs: Callable) -> Callable:
+    def values(d: CoverageDraws, alpha: float, delta: float, scale: float) -> np.ndarray:
+        s = d.setting
+        return rhs(d.max_term[alpha], d.theta_sq, alpha, s.total, s.dim, delta, d.gamma,
+                   complexity_scale=scale)
+    return values
 
 
 @register("thm3.coverage", "Theorem 3 (App. D), with Lemma 6 and assumption (36)",
@@ -426,11 +530,9 @@ def _coverage_result(ctx: Context, d: CoverageDraws, rhs_values: Callable[[float
           "||theta_hat||^2/alpha^2 (1 + sqrt(ln n / k))^2) + 2 ln(1/delta) + 5 ln n + O(1))/(4n)), "
           "O(1) = 14")
 def check_thm3_coverage(ctx: Context, rhs: Callable = thm3_rhs) -> ClaimResult:
-    d = _shared_draws(ctx, THM3)
-    s = d.setting
-    return _coverage_result(
-        ctx, d, lambda a, dl: rhs(d.max_term[a], d.theta_sq, a, s.total, s.dim, dl, d.gamma),
-        lambda a: d.lhs, "Theorem 3 (O(1) = 14) coverage", {"constant": PROOF_CONSTANT})
+    """Coverage of Theorem 3's right side, with planted controls (complexity term / c)."""
+    return _coverage_result(ctx, (THM3, THM3_HARD), _ball_rhs(rhs), lambda d, a: d.lhs,
+                            "Theorem 3 (O(1) = 14) coverage", {"constant": PROOF_CONSTANT})
 
 
 @register("thm2.coverage", "Theorem 2, eq. (18)",
@@ -438,12 +540,10 @@ def check_thm3_coverage(ctx: Context, rhs: Callable = thm3_rhs) -> ClaimResult:
           "F(theta_hat + eps; D) + gamma_A + sqrt((k ln(1 + ||theta_hat||^2/alpha^2 (1 + "
           "sqrt(ln(nM)/k))^2) + 2 ln(1/delta) + 5 ln(nM))/(4nM)) (as printed: no O(1) term)")
 def check_thm2_coverage(ctx: Context, rhs: Callable = eq18_rhs) -> ClaimResult:
-    d = _shared_draws(ctx, THM2)
-    s = d.setting
+    """Coverage of eq. (18)'s right side, with planted controls (complexity term / c)."""
     return _coverage_result(
-        ctx, d, lambda a, dl: rhs(d.max_term[a], d.theta_sq, a, s.total, s.dim, dl, d.gamma),
-        lambda a: d.lhs, "eq. (18) as printed coverage",
-        {"constant": EQ18_CONSTANT, "num_tasks": s.num_tasks,
+        ctx, (THM2, THM2_HARD), _ball_rhs(rhs), lambda d, a: d.lhs, "eq. (18) as printed coverage",
+        {"constant": EQ18_CONSTANT,
          "reading": "F(theta_hat; P) = 1/M sum_m L(A(theta_hat; D_m); P_m); gamma_A for n per task"})
 
 
@@ -452,16 +552,16 @@ def check_thm2_coverage(ctx: Context, rhs: Callable = eq18_rhs) -> ClaimResult:
           "+ sqrt((KL(Q || P_0) + ln(2 sqrt(n)/delta)) / (2n)) + gamma_A, for every posterior Q "
           "(here Q = N(theta_hat, sigma^2 I), sigma from the proof, P_0 = N(0, I))")
 def check_lemma6_coverage(ctx: Context, rhs: Callable = lemma6_rhs) -> ClaimResult:
-    d = _shared_draws(ctx, THM3)
-    s = d.setting
-
-    def rhs_values(alpha, delta):
+    """Coverage of Lemma 6's right side, with planted controls (square root / c)."""
+    def rhs_values(d, alpha, delta, scale):
+        s = d.setting
         sig = posterior_std(alpha, s.total, s.dim)
         kl = gaussian_kl(d.theta_sq, sig, s.dim, LEMMA6_PRIOR_VAR)
-        return rhs(d.lemma6_emp[alpha], kl, s.total, delta, d.gamma)
+        return rhs(d.lemma6_emp[alpha], kl, s.total, delta, d.gamma, complexity_scale=scale)
 
-    sigmas = {f"alpha={a:g}": posterior_std(a, s.total, s.dim) for a in COVERAGE_ALPHAS}
-    return _coverage_result(ctx, d, rhs_values, lambda a: d.lemma6_pop[a],
+    sigmas = {s.name: {f"alpha={a:g}": posterior_std(a, s.total, s.dim) for a in COVERAGE_ALPHAS}
+              for s in (THM3, THM3_HARD)}
+    return _coverage_result(ctx, (THM3, THM3_HARD), rhs_values, lambda d, a: d.lemma6_pop[a],
                             "Lemma 6 coverage", {"posterior_std": sigmas,
                                                  "prior_var": LEMMA6_PRIOR_VAR,
                                                  "expectation": f"Gauss-Hermite, {GH_PER_DIM} nodes "
@@ -629,27 +729,59 @@ def g_values(st: RadiusStudy, key, log_alphas: np.ndarray, delta: float = 0.05,
           "for any sufficiently small alpha_0 > 0 there is alpha_1 > alpha_0 with g(alpha_1) < "
           "g(alpha_0) (g = Theorem 3's right side): alpha near 0 (plain MAML) is not optimal for the bound")
 def check_d1_radius(ctx: Context, rhs: Callable = thm3_rhs) -> ClaimResult:
+    """D.1's claim measured on the bound as a bound: ``min(g, 1)``.
+
+    With the raw ``g`` the claim holds by the form of the right side of Theorem 3: ``k ln(1 +
+    c/alpha^2) -> infinity`` as ``alpha -> 0`` whenever ``theta_hat != 0``, so some larger radius
+    always beats a small enough one; that part is reported, not tested.  The loss lies in
+    ``[0, 1)``, so what the bound says is ``min(g, 1)``: if ``g >= 1`` at every radius, every
+    radius (alpha_0 near 0 included) gives the same, vacuous, statement and no alpha_1 improves on
+    alpha_0.  The check therefore asks for an alpha_1 with ``min(g(alpha_1), 1) < min(g(alpha_0),
+    1)`` at ``alpha_0`` = the smallest grid radius, which fails exactly where the best bound is
+    vacuous.  (It says nothing about MAML against Sharp-MAML: ``theta_hat`` is fixed here; see
+    ``thm3.sharp_vs_maml``.)
+    """
     st = radius_study(ctx)
     rows, worst = {}, None
     for key in st.configs:
         g = _rhs_curve(st, key, rhs, 0.05)
-        better = np.array([bool((g[i + 1:] < g[i] - ROUND).any()) for i in range(len(g))])
+        gc = np.minimum(g, 1.0)
+        raw_better = bool((g[1:] < g[0] - ROUND).any())
+        better = bool((gc[1:] < gc[0] - ROUND).any())
         i_star = int(np.argmin(g))
         rows[f"n={key[0]}, k={key[1]}"] = {
             "alpha_star": float(st.alphas[i_star]), "g_at_smallest_alpha": float(g[0]),
-            "g_min": float(g[i_star]), "alpha0_with_a_better_alpha1": _ranges(st.alphas, better)}
-        if not better[0] and worst is None:
+            "g_min": float(g[i_star]), "raw_g_improves (by construction)": raw_better,
+            "min(g, 1) improves": better, "best_bound_vacuous": bool(g[i_star] >= 1.0)}
+        if not better and worst is None:
             worst = {"family": "kernel tasks, one task", "n": key[0], "k": key[1], "seed": ctx.seed,
                      "point": st.theta_hat[key].tolist(), "alpha0": float(st.alphas[0]),
+                     "g_min": float(g[i_star]), "alpha_star": float(st.alphas[i_star]),
                      "g": g.tolist()}
     measured = {"alphas": st.alphas.tolist(), "rows": rows,
-                "note": "g uses L(theta_m(theta + eps); D) as in Thm 3 (D.1 writes L(theta + eps; D))"}
-    tol = f"on the grid: some alpha_1 > alpha_0 = {st.alphas[0]:g} has g(alpha_1) < g(alpha_0) - {ROUND:g}"
-    summary = "; ".join(f"{k}: alpha* = {v['alpha_star']:.2g}, g({st.alphas[0]:g}) = "
-                        f"{v['g_at_smallest_alpha']:.2f} > g(alpha*) = {v['g_min']:.2f}"
-                        for k, v in rows.items())
+                "note": "g uses L(theta_m(theta + eps); D) as in Thm 3 (D.1 writes L(theta + eps; D)); "
+                        "the raw-g improvement holds by the form of the bound (k ln(1 + c/alpha^2) "
+                        "-> infinity as alpha -> 0)"}
+    tol = (f"on the grid: some alpha_1 > alpha_0 = {st.alphas[0]:g} has min(g(alpha_1), 1) < "
+           f"min(g(alpha_0), 1) - {ROUND:g}")
+    raw_all = all(v["raw_g_improves (by construction)"] for v in rows.values())
+    summary = ("raw g: a larger radius beats alpha_0 = "
+               f"{st.alphas[0]:g} in {'every' if raw_all else 'not every'} configuration, which holds by "
+               "the bound's form (k ln(1 + c/alpha^2) -> infinity as alpha -> 0) and carries no "
+               "information; as a bound on a loss in [0, 1), min(g, 1): "
+               + "; ".join(f"{k}: min g = {v['g_min']:.2f} at alpha* = {v['alpha_star']:.2g} "
+                           f"({'improves' if v['min(g, 1) improves'] else 'vacuous at every radius'})"
+                           for k, v in rows.items()))
     if worst is None:
         return ClaimResult("holds", measured, tol, summary)
+    improving = [k for k, v in rows.items() if v["min(g, 1) improves"]]
+    if improving:   # the raw claim holds everywhere; it says something only where g < 1 somewhere
+        return ClaimResult(
+            "holds only under", measured, tol, summary, counterexample=worst,
+            condition=("the best bound is below 1 (a non-vacuous bound): it is in "
+                       + ", ".join(improving) + f"; at n = {worst['n']}, k = {worst['k']} the bound "
+                       f"is >= {worst['g_min']:.2f} at every radius, so no radius improves on "
+                       "alpha_0"))
     return ClaimResult("fails", measured, tol, summary, counterexample=worst)
 
 
@@ -766,6 +898,11 @@ D2_CONFIGS = (  # (label, M, n, k, means, tau)
     ("one task, n=3, k=1, tau=1.5", 1, 3, 1, ((1.0,),), 1.5),
     ("two tasks at +-1.5, n=20, k=1", 2, 20, 1, ((1.5,), (-1.5,)), TAU),
     ("two tasks at +-1.5 e1, n=20, k=2", 2, 20, 2, ((1.5, 0.0), (-1.5, 0.0)), TAU),
+    # k = 2 versions of the k = 1 cases that fail (an earlier "k >= 2" condition was read off
+    # the configurations above; these test it on configurations not used to choose it)
+    ("one task, n=3, k=2, tau=1.5", 1, 3, 2, ((1.0, 0.0),), 1.5),
+    ("one task, n=2, k=2, tau=2", 1, 2, 2, ((1.0, 0.0),), 2.0),
+    ("two tasks at +-2 e1, n=20, k=2", 2, 20, 2, ((2.0, 0.0), (-2.0, 0.0)), TAU),
 )
 
 
@@ -820,14 +957,18 @@ def check_d2(ctx: Context, required_increase: float = 0.0) -> ClaimResult:
             for lab, c in cfgs.items()}
     all_ok = all(h.all() for h in holds.values())
     worst = None
-    for lab, h in holds.items():
-        if not h.all():
-            r, a = map(int, np.argwhere(~h)[0])
-            c = cfgs[lab]
-            worst = {"family": f"kernel tasks: {lab}", "seed": ctx.seed, "torch_seed": c["seed"],
-                     "draw": r, "point": c["theta_hat"][r].tolist(), "alpha": float(alphas[a]),
-                     "E_eps_minus_L": float(c["gap"][r, a]), "required": required_increase}
-            break
+    failing = [lab for lab, h in holds.items() if not h.all()]
+    if failing:   # a k >= 2 configuration first (it refutes "k >= 2" too), then the largest violation
+        lab = min(failing, key=lambda lb: (cfgs[lb]["k"] < 2,
+                                           float((cfgs[lb]["gap"] - required_increase)[~holds[lb]].min())))
+        c = cfgs[lab]
+        viol = np.where(holds[lab], np.inf, c["gap"] - required_increase)
+        r, a = map(int, np.unravel_index(int(np.argmin(viol)), viol.shape))
+        worst = {"family": f"kernel tasks: {lab}", "M": c["M"], "n": c["n"], "k": c["k"], "tau": c["tau"],
+                 "seed": ctx.seed, "torch_seed": c["seed"], "draw": r,
+                 "point": c["theta_hat"][r].tolist(), "grad_norm_at_point": float(c["grad_norm"][r]),
+                 "alpha": float(alphas[a]), "E_eps_minus_L": float(c["gap"][r, a]),
+                 "required": required_increase, "slack_allowed": float(slack[lab][a])}
     measured = {"alphas": alphas.tolist(), "draws_per_config": st["draws"], "rows": rows,
                 "required_increase": required_increase,
                 "expectation": "tensor Gauss-Hermite quadrature (24 nodes, k=1; 20^2, k=2)"}
@@ -837,39 +978,189 @@ def check_d2(ctx: Context, required_increase: float = 0.0) -> ClaimResult:
         return ClaimResult("holds", measured, tol,
                            f"(36) holds on all {st['draws']} data sets of every configuration at every "
                            f"alpha in [{alphas[0]:g}, {alphas[-1]:g}]")
-    # the simplest condition under which every cell holds
-    cells_ok = {lab: h.all(0) for lab, h in holds.items()}                      # [A]
-    cands = []
-    for j in range(1, len(alphas)):
-        if all(ok[j:].all() for ok in cells_ok.values()):
-            cands.append((sum(ok[j:].size for ok in cells_ok.values()), f"alpha >= {alphas[j]:.3g}"))
-            break
-    for j in range(len(alphas) - 1, 0, -1):
-        if all(ok[:j].all() for ok in cells_ok.values()):
-            cands.append((sum(ok[:j].size for ok in cells_ok.values()), f"alpha <= {alphas[j - 1]:.3g}"))
-            break
-    for name, keep in (("a single task (M = 1, Theorem 3's setting)", lambda c: c["M"] == 1),
-                       ("k >= 2", lambda c: c["k"] >= 2)):
-        chosen = [lab for lab in cells_ok if keep(cfgs[lab])]
-        if chosen and all(cells_ok[lab].all() for lab in chosen):
-            cands.append((len(chosen) * len(alphas) * st["draws"], name))
+    # No condition is chosen here: any violation at a Sharp-MAML_up point is a counterexample.
     convex = {lab: c["gap"][:, 0] >= -ROUND for lab, c in cfgs.items()}   # [R] at the smallest alpha
-    if all(holds[lab][convex[lab]].all() for lab in cfgs):
-        cands.append((int(sum(v.sum() for v in convex.values())) * len(alphas),
-                      "theta_hat lies where F(.; P) is locally convex (E_eps[...] - L >= 0 at the "
-                      f"smallest alpha {alphas[0]:g}, i.e. tr hess F(theta_hat; P) >= 0); then (36) "
-                      "holds at every alpha of the grid"))
-    measured["fraction_locally_convex"] = {lab: float(v.mean()) for lab, v in convex.items()}
-    bad_labels = [lab for lab, ok in cells_ok.items() if not ok.all()]
+    measured["fraction_locally_convex (descriptive)"] = {lab: float(v.mean()) for lab, v in convex.items()}
+    measured["violations_at_locally_convex_points"] = {
+        lab: int((~holds[lab][convex[lab]]).sum()) for lab in cfgs}
+    bad_labels = [lab for lab, h in holds.items() if not h.all()]
+    measured["failing_configurations"] = bad_labels
+    measured["failing_configurations_with_k_ge_2"] = [lab for lab in bad_labels if cfgs[lab]["k"] >= 2]
     summary = ("(36) fails on some data sets of " + ", ".join(
-        f"{lab} (holds on a fraction {frac[lab].min():.2f} at alpha={alphas[int(frac[lab].argmin())]:.2g}, "
-        f"{frac[lab].max():.2f} at best)" for lab in bad_labels)
-        + f"; every other configuration holds at every alpha in [{alphas[0]:g}, {alphas[-1]:g}]")
-    if cands:
-        cond = max(cands)[1]
-        return ClaimResult("holds only under", measured, tol, summary + f"; holds under {cond}",
-                           condition=cond, counterexample=worst)
+        f"{lab} (holds on a fraction {frac[lab].min():.2f} at alpha={alphas[int(frac[lab].argmin())]:.2g})"
+        for lab in bad_labels)
+        + f"; {len(cfgs) - len(bad_labels)} of {len(cfgs)} configurations hold at every alpha in "
+        f"[{alphas[0]:g}, {alphas[-1]:g}] (no condition is selected from these data)")
     return ClaimResult("fails", measured, tol, summary, counterexample=worst)
+
+
+# ---------------------------------------------------------------------------
+# Section 4.2: Sharp-MAML's bound against MAML's (thm3.sharp_vs_maml)
+
+
+def sharp_meta_grad(theta: torch.Tensor, x: torch.Tensor, eps_m: torch.Tensor, beta: float = BETA_LOW,
+                    s: float = S_WIDTH) -> torch.Tensor:
+    """Meta-gradient with the lower perturbations held constant (eq. 10, one step, D'_m = D_m).
+
+    ``theta [B, k]``, ``x [B, M, n, k]``, ``eps_m [B, M, k]``: with ``p_m = theta + eps_m`` and
+    ``theta_m = theta - beta grad L(p_m; D_m)`` (eqs. 11-12), returns ``1/M sum_m (I - beta
+    hess L(p_m; D_m)) grad L(theta_m; D_m)`` ``[B, k]``; ``eps_m = 0`` gives eq. (30).
+    """
+    if eps_m.shape != x.shape[:2] + x.shape[-1:] or theta.shape != x.shape[:1] + x.shape[-1:]:
+        raise ValueError(f"theta must be [B, k], x [B, M, n, k] and eps_m [B, M, k]; got "
+                         f"{list(theta.shape)}, {list(x.shape)}, {list(eps_m.shape)}")
+    xx = (x * x).sum(-1)
+    th = theta[:, None, None, :]                                 # [B, 1, 1, k]
+    p = th + eps_m[:, None]                                      # [B, 1, M, k]
+    w = _kernel_weights(p, x, xx, s)
+    gp = (w.mean(-1, keepdim=True) * p - _weighted_mean_x(w, x)) / s ** 2
+    a = th - beta * gp
+    wa = _kernel_weights(a, x, xx, s)
+    ga = (wa.mean(-1, keepdim=True) * a - _weighted_mean_x(wa, x)) / s ** 2
+    c = w * ((p * ga).sum(-1, keepdim=True) - torch.einsum("bmnk,bpmk->bpmn", x, ga))
+    hv = (w.mean(-1, keepdim=True) * ga / s ** 2
+          - (c.mean(-1, keepdim=True) * p - _weighted_mean_x(c, x)) / s ** 4)
+    return (ga - beta * hv).mean(-2)[:, 0]
+
+
+def train_sharp_maml(x: torch.Tensor, *, alpha_up: float, alpha_low: float, steps: int = TRAIN_STEPS,
+                     beta_up: float = BETA_UP, beta: float = BETA_LOW, s: float = S_WIDTH) -> torch.Tensor:
+    """``steps`` exact steps of Algorithm 1 (D'_m = D_m) from 0: ``x [B, M, n, k] -> [B, k]``.
+
+    ``eps_m = alpha_low g_m/||g_m||``, ``g_m = grad L(theta; D_m)`` (eq. 11); ``eps = alpha_up
+    h/||h||`` with ``h`` the meta-gradient at ``theta`` (eq. 13); the step uses the meta-gradient
+    at ``theta + eps`` with the same ``eps_m`` (eqs. 14-15).  ``alpha_low = 0`` is
+    :func:`train_sharp_maml_up`; both 0 is MAML.
+    """
+    if alpha_up < 0 or alpha_low < 0:
+        raise ValueError(f"radii must be >= 0, got alpha_up={alpha_up}, alpha_low={alpha_low}")
+    theta = torch.zeros(*x.shape[:-3], x.shape[-1], dtype=x.dtype)
+    xx = (x * x).sum(-1)
+    for _ in range(steps):
+        if alpha_low > 0:
+            th = theta[:, None, None, :]
+            w = _kernel_weights(th, x, xx, s)
+            g_m = ((w.mean(-1, keepdim=True) * th - _weighted_mean_x(w, x)) / s ** 2)[:, 0]   # [B, M, k]
+            eps_m = alpha_low * _unit(g_m)
+        else:
+            eps_m = torch.zeros(x.shape[:2] + x.shape[-1:], dtype=x.dtype)
+        eps = alpha_up * _unit(sharp_meta_grad(theta, x, eps_m, beta, s)) if alpha_up > 0 else 0.0
+        theta = theta - beta_up * sharp_meta_grad(theta + eps, x, eps_m, beta, s)
+    return theta
+
+
+SVM_RADII = (0.005, 0.05, 0.5)
+"""Training radii compared with MAML (alpha_low = alpha_up for Sharp-MAML_both, as in Sec. 5)."""
+SVM_RESOLUTION = 1e-3
+"""A paired mean difference counts only beyond 1e-3: the ball max (a lower estimate) is within
+3e-4 of a 32-restart run at alpha <= 0.5 (module docstring)."""
+SVM_DELTA = 0.05
+
+
+def sharp_vs_maml_study(ctx: Context) -> dict:
+    def compute():
+        setting = THM2
+        R = 48 if ctx.quick else 128
+        radii = np.geomspace(1e-3, 3.0, 7 if ctx.quick else 10)
+        seed = int(ctx.rng(81).integers(2 ** 62))
+        means = _means(setting, ctx.seed)
+        methods = [("MAML", 0.0, 0.0)] + [(f"Sharp-MAML_up, alpha_up={a:g}", a, 0.0) for a in SVM_RADII] \
+            + [(f"Sharp-MAML_both, alpha={a:g}", a, a) for a in SVM_RADII]
+        out = {}
+        with single_threaded():
+            x = KT.sample_data(means, setting.tau, setting.n, draws=(R,), seed=seed)
+            gamma = KT.stability_bound(BETA_LOW, setting.n, S_WIDTH)
+            for name, a_up, a_low in methods:
+                theta = train_sharp_maml(x, alpha_up=a_up, alpha_low=a_low)
+                f, g = objective_and_grad(theta, x)
+                mx = ball_max(theta, x, torch.as_tensor(radii), seed=seed + 1).numpy()
+                tsq = (theta ** 2).sum(-1).numpy()[:, None]
+                rhs = eq18_rhs(mx, tsq, radii[None], setting.total, setting.dim, SVM_DELTA, gamma)
+                out[name] = {"theta": theta.numpy().copy(), "grad_norm": g.norm(dim=-1).numpy().copy(),
+                             "empirical": f.numpy().copy(), "rhs": rhs,
+                             "best": rhs.min(1), "best_alpha": radii[rhs.argmin(1)],
+                             "population": population_of_finetuned(theta, x, means, setting.tau).numpy().copy()}
+        return {"setting": setting, "radii": radii, "draws": R, "seed": seed, "methods": out}
+    return ctx.shared("pacbayes.sharp_vs_maml", compute)
+
+
+def _paired_ci(diff: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
+    from scipy import stats
+    m = float(diff.mean())
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff)))
+    return m, m - half, m + half
+
+
+@register("thm3.sharp_vs_maml", "Section 4.2; Theorem 2, eq. (18); App. D.1",
+          "Sharp-MAML (up, and by extension both) has a smaller generalisation upper bound than MAML: "
+          "the right side of eq. (18) at its best radius is smaller for theta_hat trained by Sharp-MAML "
+          "than for theta_hat trained by MAML (alpha_up = alpha_low = 0)")
+def check_sharp_vs_maml(ctx: Context, claimed_sign: float = -1.0) -> ClaimResult:
+    """Train MAML, Sharp-MAML_up and Sharp-MAML_both on the same data sets; compare eq. (18).
+
+    Each ``theta_hat`` gets eq. (18)'s right side (delta = 0.05) minimised over a radius grid
+    (the bound's alpha is free for every ``theta_hat``, MAML's included) and its exact population
+    loss ``F(theta_hat; P)``.  Per variant and training radius, the paired mean difference
+    (variant - MAML) over the draws and its 95% t-interval decide: beyond ``SVM_RESOLUTION`` with
+    the claimed sign ``claimed_sign`` (-1: smaller) is agreement, beyond it with the other sign
+    a counterexample, otherwise not separated.  ``holds`` needs agreement for every variant and
+    radius; any counterexample is ``fails``; else ``inconclusive``.
+    """
+    st = sharp_vs_maml_study(ctx)
+    ms = st["methods"]
+    base = ms["MAML"]
+    rows, agree, against, unsep = {}, [], [], []
+    for name, m in ms.items():
+        if name == "MAML":
+            continue
+        db = m["best"] - base["best"]
+        dp = m["population"] - base["population"]
+        mb, lb, hb = _paired_ci(db)
+        mp, lp, hp = _paired_ci(dp)
+        signed_lo, signed_hi = sorted((claimed_sign * lb, claimed_sign * hb))
+        status = ("agrees" if signed_lo > SVM_RESOLUTION else
+                  "against" if signed_hi < -SVM_RESOLUTION else "not separated")
+        {"agrees": agree, "against": against, "not separated": unsep}[status].append(name)
+        rows[name] = {"bound_difference_mean": mb, "bound_difference_ci": [lb, hb],
+                      "population_difference_mean": mp, "population_difference_ci": [lp, hp],
+                      "median_best_bound": float(np.median(m["best"])),
+                      "median_best_alpha": float(np.median(m["best_alpha"])),
+                      "median_population": float(np.median(m["population"])),
+                      "median_grad_norm": float(np.median(m["grad_norm"])),
+                      "median_theta_hat_distance_to_maml": float(np.median(
+                          np.linalg.norm(m["theta"] - base["theta"], axis=-1))),
+                      "status": status}
+    s = st["setting"]
+    measured = {"setting": s.__dict__, "draws": st["draws"], "bound_radii": st["radii"].tolist(),
+                "delta": SVM_DELTA, "train_steps": TRAIN_STEPS, "beta_up": BETA_UP, "beta_low": BETA_LOW,
+                "maml": {"median_best_bound": float(np.median(base["best"])),
+                         "median_best_alpha": float(np.median(base["best_alpha"])),
+                         "median_population": float(np.median(base["population"])),
+                         "median_grad_norm": float(np.median(base["grad_norm"]))},
+                "rows": rows, "claimed_sign": claimed_sign, "resolution": SVM_RESOLUTION}
+    tol = (f"paired (variant - MAML) mean over {st['draws']} shared data sets, 95% t-interval; a "
+           f"difference counts beyond {SVM_RESOLUTION:g} (ball-max accuracy)")
+    summary = (f"eq. (18) at its best radius, MAML median {measured['maml']['median_best_bound']:.4f}; "
+               + "; ".join(f"{k}: bound diff {v['bound_difference_mean']:+.2e} [{v['bound_difference_ci'][0]:+.2e}, "
+                           f"{v['bound_difference_ci'][1]:+.2e}], population diff {v['population_difference_mean']:+.2e}"
+                           for k, v in rows.items()))
+    if against:
+        name = max(against, key=lambda k: claimed_sign * -rows[k]["bound_difference_mean"])
+        m = ms[name]
+        i = int(np.argmax(claimed_sign * -(m["best"] - base["best"])))
+        ce = {"family": f"kernel tasks ({s.name}), s={S_WIDTH:g}, tau={s.tau:g}, n={s.n}, k={s.dim}",
+              "seed": ctx.seed, "torch_seed": st["seed"], "variant": name, "draw": i,
+              "point": m["theta"][i].tolist(), "maml_point": base["theta"][i].tolist(),
+              "bound_variant": float(m["best"][i]), "bound_maml": float(base["best"][i]),
+              "mean_difference": rows[name]["bound_difference_mean"],
+              "ci": rows[name]["bound_difference_ci"]}
+        return ClaimResult("fails", measured, tol, summary + f"; the bound is larger than MAML's for "
+                           f"{', '.join(against)}", counterexample=ce)
+    if not unsep:
+        return ClaimResult("holds", measured, tol, summary)
+    return ClaimResult("inconclusive", measured, tol, summary,
+                       condition=f"the paired difference of the best bounds is within +-{SVM_RESOLUTION:g} "
+                                 f"of 0 (or its interval straddles it) for {', '.join(unsep)}")
 
 
 # ---------------------------------------------------------------------------
