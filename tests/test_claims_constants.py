@@ -153,3 +153,37 @@ def test_checks_are_reproducible_from_the_seed(ctx, bias, variance):
     assert C.check_bias(again).measured == bias.measured
     assert C.check_variance(again).measured == variance.measured
     assert C.check_variance(Context(quick=True, seed=1)).measured != variance.measured
+
+
+# ---- eq. (10) with non-zero radii ----------------------------------------------------------
+
+
+def test_eq10_holds_against_the_closed_form_and_is_far_from_maml(ctx):
+    r = C.check_eq10(ctx)
+    assert r.verdict == "holds", r.summary
+    assert r.measured["max_relative_difference"] <= C.FORMULA_TOL
+    assert r.measured["min_relative_difference_to_eq30"] > 1e3 * C.FORMULA_TOL
+
+
+def test_eq10_fails_with_the_hessian_taken_at_theta(ctx):
+    """A planted eq. (10) with the Hessian at theta, not at the perturbed point, is caught."""
+    from synthetic.closed_form import sharp_meta_gradient
+
+    def hessian_at_theta(fam, theta, *, beta_low, steps=1, alpha_low=0.0, alpha_up=0.0):
+        if steps != 1 or alpha_low == 0.0:
+            return sharp_meta_gradient(fam, theta, beta_low=beta_low, steps=steps,
+                                       alpha_low=alpha_low, alpha_up=alpha_up)
+        g = fam.gradient(theta, "support")
+        eps = alpha_low * g / g.norm(dim=-1, keepdim=True)
+        grad_q = fam.gradient(theta - beta_low * fam.gradient(theta + eps, "support"), "query")
+        return (grad_q - beta_low * fam.hvp(theta, grad_q, "support")).mean(-2)
+
+    r = C.check_eq10(ctx, formula=hessian_at_theta)
+    assert r.verdict == "fails" and r.counterexample["steps"] == 1
+
+
+def test_eq10_is_inconclusive_when_the_radii_do_not_matter(ctx, monkeypatch):
+    # with zero radii eq. (10) is eq. (30): the control agrees and cannot separate them
+    monkeypatch.setattr(C, "SHARP_RADII", {"maml": (0.0, 0.0)})
+    r = C.check_eq10(ctx)
+    assert r.verdict == "inconclusive" and "do not move" in r.condition

@@ -114,6 +114,60 @@ def check_eq30(ctx: Context, hessian: bool = True) -> ClaimResult:
                        counterexample={**worst, "seed": ctx.seed})
 
 
+SHARP_RADII = {"sharp-low": (0.3, 0.0), "sharp-up": (0.0, 0.3), "sharp-both": (0.3, 0.3)}
+"""(alpha_low, alpha_up) of the eq. (10) check: large enough that the perturbations move the
+meta-gradient far beyond the tolerance (the control below measures by how much)."""
+
+
+@register("eq10.formula", "Sec. 3, eqs. (9)-(15): eq. (10) with non-zero radii",
+          "with constant perturbations (eqs. 11, 13, 14) the Sharp-MAML meta-gradient is "
+          "1/M sum_m (I - beta_low hess L(theta + eps + eps_m; D_m)) grad L(theta~_m; D'_m), for "
+          "Sharp-MAML_low, _up and _both, one fine-tuning step and, step by step, two")
+def check_eq10(ctx: Context, formula=None) -> ClaimResult:
+    """The autograd core (:mod:`testbed.meta`) against eq. (10) written out from each
+    family's explicit gradient and Hessian (:func:`synthetic.closed_form.sharp_meta_gradient`).
+
+    Control: the same comparison against eq. (30), MAML's meta-gradient (radii 0); if that
+    also agreed within the tolerance, the points would not tell eq. (10) from eq. (30) and the
+    verdict is inconclusive.  ``formula`` replaces the closed form (tests plant a wrong one)."""
+    from synthetic.closed_form import sharp_meta_gradient
+
+    formula = formula or sharp_meta_gradient
+    worst, control = {"error": -1.0}, math.inf
+    for name, fam in _families(ctx).items():
+        for variant, (a_low, a_up) in SHARP_RADII.items():
+            for steps in (1, 2):
+                cfg = SharpMAMLConfig(beta_low=BETA_LOW, inner_steps=steps, alpha_low=a_low,
+                                      alpha_up=a_up)
+                for theta in _points(ctx, fam, name, 8 if ctx.quick else 48):
+                    auto = meta_gradient(fam.loss, fam.params(theta), fam.tasks(), cfg).grad["theta"]
+                    scale = max(1.0, auto.abs().max().item())
+                    closed = formula(fam, theta, beta_low=BETA_LOW, steps=steps, alpha_low=a_low,
+                                     alpha_up=a_up)
+                    err = (auto - closed).abs().max().item() / scale
+                    maml = formula(fam, theta, beta_low=BETA_LOW, steps=steps)
+                    control = min(control, (auto - maml).abs().max().item() / scale)
+                    if err > worst["error"]:
+                        worst = {"error": err, "family": name, "variant": variant, "steps": steps,
+                                 "alpha_low": a_low, "alpha_up": a_up, "point": theta.tolist(),
+                                 "autograd": auto.tolist(), "formula": closed.tolist()}
+    tol = (f"max relative difference <= {FORMULA_TOL:g} (float64); the MAML formula (radii 0) "
+           f"must differ by more")
+    measured = {"max_relative_difference": worst["error"], "beta_low": BETA_LOW,
+                "radii": SHARP_RADII, "min_relative_difference_to_eq30": control}
+    summary = (f"largest relative difference {worst['error']:.1e} over 3 variants x N = 1, 2 x 2 "
+               f"families; the same points differ from MAML's eq. (30) by at least {control:.1e}")
+    if worst["error"] > FORMULA_TOL:
+        return ClaimResult("fails", measured, tol, f"eq. (10) differs from autograd by "
+                           f"{worst['error']:.2e} ({worst['variant']}, N = {worst['steps']})",
+                           counterexample={**worst, "seed": ctx.seed})
+    if control <= FORMULA_TOL:
+        return ClaimResult("inconclusive", measured, tol, summary,
+                           condition=f"at some point eq. (30) agrees with autograd too "
+                                     f"({control:.1e}): the radii do not move the meta-gradient")
+    return ClaimResult("holds", measured, tol, summary)
+
+
 # ---------------------------------------------------------------------------
 # smoothness of F
 

@@ -128,7 +128,7 @@ def register(id: str, reference: str, statement: str):
     return deco
 
 
-PAPER_ORDER = ("lemma1", "eq30", "lemma2", "lemma3", "lemma4", "lemma5", "thm1", "multistep",
+PAPER_ORDER = ("lemma1", "eq10", "eq30", "lemma2", "lemma3", "lemma4", "lemma5", "thm1", "multistep",
                "proof", "thm2", "thm3", "lemma6", "d1", "d2")
 """Reports list claims in the paper's order (by id prefix), then in registration order."""
 
