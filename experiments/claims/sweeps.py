@@ -24,10 +24,11 @@ Schedules (Theorem 1 asks ``beta_low, beta_up, alpha_up = O(1/sqrt T)``,
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -58,6 +59,9 @@ class SweepSpec:
 
     c_low, c_up, c_alpha: constants of the 1/sqrt(T) schedules.
     alpha_low: the O(1) lower radius.
+    alpha_lows: optional grid of lower radii (default empty: the single value
+        ``alpha_low``).  When given, every run is repeated for each value; run such
+        a spec with :func:`run_alpha_low_sweep` (one batch, one result per value).
     sigma: oracle noise (0: exact gradients).
     init_scale: theta_0 ~ N(0, init_scale^2 I), one draw per seed.
     """
@@ -75,6 +79,7 @@ class SweepSpec:
     c_up: float = 5.0
     c_alpha: float = 0.5
     alpha_low: float = 0.1
+    alpha_lows: tuple[float, ...] = ()
     init_scale: float = 0.5
     seed: int = 0
 
@@ -92,6 +97,10 @@ class SweepSpec:
         for name in ("c_low", "c_up", "c_alpha", "init_scale"):
             V.positive(name, getattr(self, name))
         V.nonnegative("alpha_low", self.alpha_low)
+        for a in self.alpha_lows:
+            V.nonnegative("alpha_lows entry", a)
+        if len(set(self.alpha_lows)) != len(self.alpha_lows):
+            raise ValueError(f"alpha_lows must not repeat a value, got {self.alpha_lows!r}")
 
 
 @dataclass(frozen=True)
@@ -125,11 +134,19 @@ def make_family(spec: SweepSpec):
     return TanhRegressionFamily.random(spec.tasks, spec.dim, sigma=spec.sigma, seed=spec.seed)
 
 
+def alpha_low_grid(spec: SweepSpec) -> tuple[float, ...]:
+    """The lower radii a spec runs: ``spec.alpha_lows`` if given, else ``(spec.alpha_low,)``."""
+    return tuple(spec.alpha_lows) or (spec.alpha_low,)
+
+
 def run_table(spec: SweepSpec) -> dict[str, np.ndarray]:
-    """Per-run hyper-parameters, in the order schedule, variant, horizon, seed."""
+    """Per-run hyper-parameters, in the order [alpha_low,] schedule, variant, horizon, seed.
+
+    The leading alpha_low level exists only when ``spec.alpha_lows`` is given.
+    """
     t0 = min(spec.horizons)
     rows = {k: [] for k in ("beta_low", "beta_up", "alpha_low", "alpha_up", "T", "seed")}
-    for sched in spec.schedules:
+    for alpha_low, sched in itertools.product(alpha_low_grid(spec), spec.schedules):
         const = SCHEDULES[sched]
         for variant in spec.variants:
             low, up = VARIANTS[variant]
@@ -140,7 +157,7 @@ def run_table(spec: SweepSpec) -> dict[str, np.ndarray]:
                     rows["beta_low"].append(sched_value("beta_low", spec.c_low))
                     rows["beta_up"].append(sched_value("beta_up", spec.c_up))
                     rows["alpha_up"].append(sched_value("alpha_up", spec.c_alpha) if up else 0.0)
-                    rows["alpha_low"].append(spec.alpha_low if low else 0.0)
+                    rows["alpha_low"].append(alpha_low if low else 0.0)
                     rows["T"].append(int(T))
                     rows["seed"].append(s)
     return {k: np.asarray(v) for k, v in rows.items()}
@@ -159,12 +176,37 @@ def single_threaded():
 
 def run_sweep(spec: SweepSpec) -> SweepResult:
     """Meta-train every run of ``spec`` with plain SGD, all runs in one batch."""
+    if spec.alpha_lows:
+        raise ValueError(f"a spec with alpha_lows={spec.alpha_lows!r} gives one result per "
+                         "value: run it with run_alpha_low_sweep")
     start = time.perf_counter()
     with single_threaded():
         avg, final, work = run_subset(spec, np.arange(len(run_table(spec)["T"])))
     shape = (len(spec.schedules), len(spec.variants), len(spec.horizons), spec.seeds)
     return SweepResult(spec, avg.reshape(shape), final.reshape(shape),
                        time.perf_counter() - start, work)
+
+
+def run_alpha_low_sweep(spec: SweepSpec) -> dict[float, SweepResult]:
+    """Every run of ``spec`` for every lower radius in ``spec.alpha_lows``, in one batch.
+
+    Returns one :class:`SweepResult` per value, whose spec is ``spec`` with
+    ``alpha_low`` set to it (and no grid); ``seconds`` and ``iterations`` are
+    the whole batch's.  With an exact oracle each result equals what
+    :func:`run_sweep` gives for its spec; with ``sigma > 0`` the noise draws differ
+    (see :func:`run_subset`).
+    """
+    if not spec.alpha_lows:
+        raise ValueError("run_alpha_low_sweep needs a non-empty alpha_lows, got ()")
+    start = time.perf_counter()
+    with single_threaded():
+        avg, final, work = run_subset(spec, np.arange(len(run_table(spec)["T"])))
+    grid = alpha_low_grid(spec)
+    shape = (len(grid), len(spec.schedules), len(spec.variants), len(spec.horizons), spec.seeds)
+    avg, final = avg.reshape(shape), final.reshape(shape)
+    seconds = time.perf_counter() - start
+    return {a: SweepResult(replace(spec, alpha_low=a, alpha_lows=()), avg[i], final[i], seconds,
+                           work) for i, a in enumerate(grid)}
 
 
 def run_subset(spec: SweepSpec, runs: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
