@@ -45,7 +45,8 @@ def _d1_steps():
     alpha0_star = between("alpha_0", 0, threshold_star, lo_open=True, hi_open=True)
     return [
         claim("proof.d1.step1", f"{LOC_D1}, lower bound on g(alpha_0)", m0.symbol + root(a0) + gamma.symbol, ">=",
-              root(a0) + gamma.symbol, base + [m0, gamma], ["0 <= L <= 1"]),
+              root(a0) + gamma.symbol, base + [m0, gamma], ["0 <= L <= 1"],
+              note="bookkeeping: restates M(alpha_0) >= 0 (0 <= L); no content beyond the assumption"),
         claim("proof.d1.step2", f"{LOC_D1}, choice of alpha_1: the denominator is positive", denominator, ">", 0,
               base, ["alpha_0 < sqrt(c/(e^(4n/k) - 1))"], note="alpha_1's lower limit is well defined"),
         claim("proof.d1.step3", f"{LOC_D1}, choice of alpha_1: first inequality", threshold, ">",
@@ -54,7 +55,8 @@ def _d1_steps():
               a0, base),
         claim("proof.d1.step5", f"{LOC_D1}, chain, first inequality (M(alpha_1) <= 1)",
               m1.symbol + root(a1) + gamma.symbol, "<=", 1 + root(a1) + gamma.symbol, base + [alpha1, m1, gamma],
-              ["0 <= L <= 1"]),
+              ["0 <= L <= 1"], note="bookkeeping: restates M(alpha_1) <= 1 (L <= 1); no content beyond the "
+                                    "assumption"),
         claim("proof.d1.step6", f"{LOC_D1}, chain, second (strict) inequality", 1 + root(a1) + gamma.symbol, "<",
               1 + shifted + gamma.symbol, base + [alpha1, gamma], ["alpha_1 above its lower limit"]),
         claim("proof.d1.step7", f"{LOC_D1}, chain, equality", kk * sp.log((1 + cc / a0**2) * sp.exp(-x)), "==",
@@ -64,7 +66,8 @@ def _d1_steps():
               sp.sqrt(big_x / (4 * nn)) + gamma.symbol, base + [gamma],
               note="with y = X/(4n) > 1 this reads 1 + sqrt(y - 1) <= sqrt(y), false for every y > 1"),
         claim("proof.d1.step9", f"{LOC_D1}, chain, last inequality", root(a0) + gamma.symbol, "<=",
-              m0.symbol + root(a0) + gamma.symbol, base + [m0, gamma], ["0 <= L <= 1"]),
+              m0.symbol + root(a0) + gamma.symbol, base + [m0, gamma], ["0 <= L <= 1"],
+              note="bookkeeping: restates M(alpha_0) >= 0 (0 <= L), as step1"),
         claim("proof.d1.step10", f"{LOC_D1}, chain end to end (bound on g(alpha_1) < bound on g(alpha_0))",
               1 + root(a1), "<", root(a0), base + [alpha1],
               note="the inequality the chain needs for every admissible alpha_1"),

@@ -14,17 +14,51 @@ import sympy as sp
 from .arrays import array_form, op_norm, sq
 from .domains import COEFFICIENTS, between, nonnegative, positive, real
 from .engine import array_claim, claim, untranscribable
+from .spec import Var
 
 A1 = "Assumption 1: L(.;D'_m), grad L(.;D_m), grad L(.;D'_m), Hess L(.;D_m) Lipschitz with l0, l1, l1, l2"
 A3 = "Assumption 3: biased estimators unbiased for their means, variance <= sigma_b^2"
 A4 = "Assumption 4: ||Hess_hat - Hess|| <= gamma_h, ||grad_hat - grad|| <= gamma_g"
 YOUNG = "||a + b||^2 <= 2||a||^2 + 2||b||^2"
+BOOKKEEPING = ("bookkeeping: substitutes the premise bounds (assumptions, earlier steps) and folds "
+               "constants; its content is in {}")
 
 
 def constants():
     """Shared variables: beta_low > 0 and the constants of Assumptions 1-4 (all >= 0)."""
     return {name: (positive(name) if name == "beta_low" else nonnegative(name))
             for name in ("beta_low", "gamma_g", "gamma_h", "sigma_b", "l0", "l1")}
+
+
+def three_point(prefix: str, d: int = 2, search=(1e-4, 1e4)):
+    """A random vector in R^d with three values ``prefix``1..3 and weights p1, p2, 1 - p1 - p2.
+
+    The weights are a constructive box (``p2 <= 1 - p1``), so every point is a distribution.
+    Returns (weight variables, coordinate variables, the three value vectors, the weights).
+    """
+    p1 = between(f"p1_{prefix}", 0, 1)
+    p2 = between(f"p2_{prefix}", 0, 1 - p1.symbol)
+    weights = (p1.symbol, p2.symbol, 1 - p1.symbol - p2.symbol)
+    coords = [[real(f"{prefix}{i}_{j}", search=search) for j in range(1, d + 1)] for i in (1, 2, 3)]
+    values = [sp.Matrix([v.symbol for v in row]) for row in coords]
+    return [p1, p2], [v for row in coords for v in row], values, weights
+
+
+def expect(weights, values):
+    """E of a three-point random variable (vectors or scalars)."""
+    return sum((w * v for w, v in zip(weights, values)), sp.zeros(*values[0].shape)
+               if isinstance(values[0], sp.MatrixBase) else 0)
+
+
+def vector(prefix: str, d: int = 2, search=(1e-4, 1e4)):
+    """Coordinate variables of a fixed vector in R^d and the vector."""
+    coords = [real(f"{prefix}{j}", search=search) for j in range(1, d + 1)]
+    return coords, sp.Matrix([v.symbol for v in coords])
+
+
+def at_least_norm(name: str, squared_norm, search=(1.0, 1e4)) -> Var:
+    """A constant ``name >= sqrt(squared_norm)``: what an assumption bounding that norm gives."""
+    return Var(name, sp.sqrt(squared_norm), sp.oo, scale="log", search=search)
 
 
 def bound_31(c):
@@ -163,13 +197,54 @@ def _lemma3_arrays():
     ]
 
 
+def _lemma3_first_display():
+    """Lemma 3's first sentence and first display for one task, theta in R^2.
+
+    theta' = theta - beta grad L(theta) (eq. 28b, g = grad L(theta; D_m)); the biased estimator
+    grad_hat L(theta; D_m, xi) is a three-point random vector ``gx`` with mean g_hat (Assumption 3);
+    theta_hat = theta - beta gx.  gamma_g >= ||g_hat - g|| (Assumption 4) and
+    sigma_b >= sqrt(E||gx - g_hat||^2) (Assumption 3) are the only premises.
+    """
+    b_var = positive("beta_low")
+    b = b_var.symbol
+    th_vars, th = vector("theta")
+    g_vars, g = vector("g")
+    w_vars, gx_vars, gx, w = three_point("gx")
+    g_hat = expect(w, gx)
+    theta_prime = th - b * g
+    theta_hat = [th - b * v for v in gx]
+    mean_hat = expect(w, theta_hat)
+    spread = expect(w, [(v - g_hat).dot(v - g_hat) for v in gx])
+    base = [b_var] + th_vars + g_vars + w_vars + gx_vars
+    gg = at_least_norm("gamma_g", (g_hat - g).dot(g_hat - g))
+    sb = at_least_norm("sigma_b", spread)
+    gap = theta_prime - mean_hat
+    return [
+        claim("proof.lemma3.step1", "App. C.2, proof of Lemma 3, first sentence (the difference)",
+              gap, "==", b * (g_hat - g), base, [A3, "eq. (28b)"],
+              note="theta' - E[theta_hat] = beta (g_hat - g) for a three-point estimator in R^2: the factor "
+                   "beta and the cancellation of theta that the bound beta gamma_g rests on"),
+        claim("proof.lemma3.step1a", "App. C.2, proof of Lemma 3, first sentence (the bound)",
+              gap.dot(gap), "<=", b**2 * gg.symbol**2, base + [gg], [A3, A4],
+              note="||theta' - E[theta_hat]||^2 <= beta^2 gamma_g^2, both sides from the coordinates; "
+                   "gamma_g >= ||g_hat - g|| is Assumption 4"),
+        claim("proof.lemma3.step3", "App. C.2, proof of Lemma 3, first display (end to end)",
+              expect(w, [(theta_prime - v).dot(theta_prime - v) for v in theta_hat]), "<=",
+              2 * b**2 * gg.symbol**2 + 2 * b**2 * sb.symbol**2, base + [gg, sb], [YOUNG, A3, A4],
+              note="E||theta' - theta_hat||^2 <= 2 beta^2 gamma_g^2 + 2 beta^2 sigma_b^2 for a three-point "
+                   "estimator in R^2; exact value beta^2 (||g_hat - g||^2 + E||gx - g_hat||^2), so "
+                   "Young's factor 2 is slack"),
+        claim("proof.lemma3.step3a", "App. C.2, proof of Lemma 3, first display (variance term)",
+              expect(w, [(mean_hat - v).dot(mean_hat - v) for v in theta_hat]), "==", b**2 * spread, base,
+              [A3], note="E||E[theta_hat] - theta_hat||^2 = beta^2 E||gx - g_hat||^2 (<= beta^2 sigma_b^2 "
+                         "by Assumption 3)"),
+    ]
+
+
 def _lemma3_steps():
     c = constants()
     b, gg, gh, sb, l0, l1 = (c[n].symbol for n in ("beta_low", "gamma_g", "gamma_h", "sigma_b", "l0", "l1"))
     allc = list(c.values())
-    delta = between("Delta", 0, gg)
-    a_var = between("A", 0, b**2 * gg**2)
-    v_var = between("V", 0, b**2 * sb**2)
     d_var = between("D", 0, 2 * b**2 * gg**2 + 2 * b**2 * sb**2)
     g_var = between("G", 0, l1**2 * d_var.symbol)
     p_var, q_var = between("P", 0, l1), between("Q", 0, gh)
@@ -181,34 +256,33 @@ def _lemma3_steps():
     hh = between("Hhat", 0, sp.sqrt(2 * (gh**2 + l1**2)))
     gd = between("Gdiff2", 0, bound_32(c))
     x_var, y_var = between("X", 0, bound_32(c)), between("Y", 0, bound_33(c))
+    first, first_bound, third, variance = _lemma3_first_display()
     return [
-        claim("proof.lemma3.step1", "App. C.2, proof of Lemma 3, first sentence",
-              b * delta.symbol, "<=", b * gg, allc + [delta], [A4, "theta' - E[theta_hat] = beta (grad_hat - grad)"],
-              note="Delta = ||grad_hat L - grad L|| <= gamma_g"),
+        first, first_bound,
         claim("proof.lemma3.step2", "App. C.2, proof of Lemma 3, first display (Young in R^3)",
               young_3d[0], young_3d[1], young_3d[2], u + v, [YOUNG]),
-        claim("proof.lemma3.step3", "App. C.2, proof of Lemma 3, first display, last inequality",
-              2 * a_var.symbol + 2 * v_var.symbol, "<=", 2 * b**2 * gg**2 + 2 * b**2 * sb**2,
-              allc + [a_var, v_var], [A3, A4],
-              note="A = ||theta' - E theta_hat||^2 <= beta^2 gamma_g^2, V = E||E theta_hat - theta_hat||^2 <= "
-                   "beta^2 sigma_b^2"),
+        third, variance,
         claim("proof.lemma3.step4", "App. C.2, eq. (32)", g_var.symbol, "<=", bound_32(c),
               allc + [d_var, g_var], [A1 + " (grad L(.;D'_m): l1)"],
-              note="G = E||grad L(theta') - grad L(theta_hat)||^2 <= l1^2 D, D = E||theta' - theta_hat||^2"),
+              note="G = E||grad L(theta') - grad L(theta_hat)||^2 <= l1^2 D, D = E||theta' - theta_hat||^2; "
+                   + BOOKKEEPING.format("Assumption 1 and step3")),
         claim("proof.lemma3.step6", "App. C.2, proof of Lemma 3, display before (33), last inequality",
               2 * p_var.symbol**2 + 2 * q_var.symbol**2, "<=", 2 * (gh**2 + l1**2), allc + [p_var, q_var],
-              [A1 + " (||Hess L|| <= l1)", A4], note="P = ||Hess L||, Q = ||Hess L - Hess_hat L||"),
+              [A1 + " (||Hess L|| <= l1)", A4],
+              note="P = ||Hess L||, Q = ||Hess L - Hess_hat L||; " + BOOKKEEPING.format("step5 (Young)")),
         claim("proof.lemma3.step8", "App. C.2, eq. (33), second inequality",
               2 * hd.symbol**2 * gn.symbol**2 + 2 * hh.symbol**2 * gd.symbol, "<=", bound_33(c),
               allc + [hd, gn, hh, gd], [A1 + " (||grad L(.;D'_m)|| <= l0)", A4, "eq. (32)"],
               note="Hdiff = ||Hess - Hess_hat||, gnorm = ||grad L(theta';D')||, Hhat = ||Hess_hat||, "
-                   "Gdiff2 = E||grad L(theta') - grad L(theta_hat)||^2"),
+                   "Gdiff2 = E||grad L(theta') - grad L(theta_hat)||^2; "
+                   + BOOKKEEPING.format("step7 (the product split) and steps 4, 6")),
         claim("proof.lemma3.step10", "App. C.2, Lemma 3: constants of (31) from (32) and (33)",
               2 * bound_32(c) + 2 * b**2 * bound_33(c), "==", bound_31(c), allc, ["eqs. (32), (33)"],
               note="(31) prints gamma_q; read as gamma_g"),
         claim("proof.lemma3.step11", "App. C.2, proof of Lemma 3, last display, last inequality",
               2 * x_var.symbol + 2 * b**2 * y_var.symbol, "<=", bound_31(c), allc + [x_var, y_var],
-              ["eqs. (32), (33)"], note="X, Y: the two averaged expectations, bounded by (32) and (33)"),
+              ["eqs. (32), (33)"], note="X, Y: the two averaged expectations, bounded by (32) and (33); "
+                                        + BOOKKEEPING.format("step9 (the split) and step10 (the constants)")),
     ] + _lemma3_arrays()
 
 

@@ -12,10 +12,12 @@ import sympy as sp
 from .arrays import array_form, op_norm, sq
 from .domains import above, between, count, nonnegative, positive, real
 from .engine import array_claim, claim, untranscribable
-from .steps_lemma2_3 import A1, A3, YOUNG, bound_31, constants
+from .steps_lemma2_3 import A1, A3, BOOKKEEPING, YOUNG, at_least_norm, bound_31, constants, expect, three_point, vector
 
 A2 = "Assumption 2: unbiased stochastic gradients/Hessians, variance <= sigma^2"
 LOC = "App. C.2, proof of Lemma 4"
+SMOOTH = "F is L_F-smooth (Lemma 4 of Chen et al. 2021a): F(y) <= F(x) + <grad F(x), y - x> + L_F/2 ||y - x||^2"
+TELESCOPE_T = 3  # horizon of the telescoping check of (35)
 
 
 def sigma_tilde_sq(c, sigma):
@@ -77,6 +79,95 @@ def _arrays():
     ]
 
 
+def _descent_steps(lf_var, bu_var):
+    """The smoothness line of Lemma 4's proof, its expectation, and step (a), theta in R^2.
+
+    h^t is a three-point random vector (weights p1, p2, 1 - p1 - p2) with mean hbar; the update is
+    theta^{t+1} = theta^t - beta_up h^t.  For the smoothness line F is a concrete L_F-smooth family
+    F(x) = L_F (w c ||x||^2/2 + (1 - w) cos(<u, x>)), u = (cos phi, sin phi), |c| <= 1, 0 <= w <= 1:
+    its Hessian L_F (w c I - (1 - w) cos(<u, x>) u u^T) has spectral norm <= L_F, and w = c = 1
+    makes the quadratic bound an equality.
+    """
+    lf, bu = lf_var.symbol, bu_var.symbol
+    w_vars, h_vars, hs, w = three_point("h")
+    hbar = expect(w, hs)
+    mix, curv = between("w", 0, 1), between("c", -1, 1)
+    phi = between("phi", 0, 2 * sp.pi)
+    th_vars, th = vector("theta")
+    u = sp.Matrix([sp.cos(phi.symbol), sp.sin(phi.symbol)])
+
+    def big_f(x):
+        return lf * (mix.symbol * curv.symbol * x.dot(x) / 2 + (1 - mix.symbol) * sp.cos(u.dot(x)))
+
+    def grad_f(x):
+        return lf * (mix.symbol * curv.symbol * x - (1 - mix.symbol) * sp.sin(u.dot(x)) * u)
+
+    steps_ = [-bu * v for v in hs]
+    smooth_rhs = (big_f(th) + expect(w, [grad_f(th).dot(d) for d in steps_])
+                  + lf / 2 * expect(w, [d.dot(d) for d in steps_]))
+    family = [lf_var, bu_var, mix, curv, phi] + th_vars + w_vars + h_vars
+
+    f_var = nonnegative("F_t")
+    gf_vars, gf = vector("gF")
+    generic = [f_var, lf_var, bu_var] + gf_vars + w_vars + h_vars
+    after_expectation = f_var.symbol - bu * gf.dot(hbar) + lf * bu**2 / 2 * expect(w, [v.dot(v) for v in hs])
+    st = at_least_norm("sigma_tilde", expect(w, [(v - hbar).dot(v - hbar) for v in hs]))
+    return [
+        claim("proof.lemma4.step7a", f"{LOC}, smoothness line (first inequality after (34))",
+              expect(w, [big_f(th + d) for d in steps_]), "<=", smooth_rhs, family, [SMOOTH],
+              note="E[F(theta^{t+1}) | F_t] <= F(theta^t) + E<grad F(theta^t), Delta> + L_F/2 E||Delta||^2 with "
+                   "Delta = -beta_up h^t, h^t three-point in R^2, F a concrete L_F-smooth family (see "
+                   "_descent_steps)"),
+        claim("proof.lemma4.step7b", f"{LOC}, smoothness line (second line: E[h^t | F_t] = hbar^t)",
+              f_var.symbol + expect(w, [gf.dot(d) for d in steps_]) + lf / 2 * expect(w, [d.dot(d) for d in steps_]),
+              "==", after_expectation, generic, ["E[h^t | F_t] = hbar^t (definition of hbar^t)"],
+              note="F_t = F(theta^t), gF = grad F(theta^t) in R^2; the paper writes <= for what is an equality"),
+        claim("proof.lemma4.step9", f"{LOC}, step (a)", after_expectation, "<=",
+              f_var.symbol - bu * gf.dot(hbar) + lf * bu**2 / 2 * hbar.dot(hbar) + lf * bu**2 * st.symbol**2 / 2,
+              generic + [st], ["identity (a)", "(34): E||h - hbar||^2 <= sigma_tilde^2"],
+              note="h^t three-point in R^2; sigma_tilde >= sqrt(E||h^t - hbar^t||^2) is (34)"),
+    ]
+
+
+def _telescoping_step(c, lf_var, bu_var):
+    """(35) from the per-iteration inequality after (b), for T = TELESCOPE_T iterations.
+
+    For t = 1..T: D_t = E||grad F(theta^t) - hbar^t||^2 in [0, (31)] (Lemma 3), H_t = E||hbar^t||^2 >= 0,
+    F_{t+1} = E F(theta^{t+1}) >= 0, and G_t = E||grad F(theta^t)||^2 ranges over what the
+    per-iteration inequality (step (b) of Lemma 4's proof, in expectation)
+        F_{t+1} <= F_t - beta_up/2 G_t - (beta_up/2 - L_F beta_up^2/2) H_t + beta_up/2 D_t
+                   + L_F beta_up^2 sigma_tilde^2/2
+    allows, solved for G_t.  The conclusion is (35) with T = 3.
+    """
+    lf, bu = lf_var.symbol, bu_var.symbol
+    st_var = nonnegative("sigma_tilde")
+    st = st_var.symbol
+    lemma3 = bound_31(c)
+    f_vars = [nonnegative("F1")]
+    variables, grads = [], []
+    for t in range(1, TELESCOPE_T + 1):
+        f_now = f_vars[-1].symbol
+        f_next = between(f"F{t + 1}", 0, f_now + bu / 2 * lemma3 + lf * bu**2 * st**2 / 2)
+        d_t = between(f"D{t}", 0, lemma3)
+        h_t = nonnegative(f"H{t}")
+        budget = (f_now - f_next.symbol - (bu / 2 - lf * bu**2 / 2) * h_t.symbol + bu / 2 * d_t.symbol
+                  + lf * bu**2 * st**2 / 2)
+        g_t = between(f"G{t}", 0, budget / (bu / 2))
+        f_vars.append(f_next)
+        variables += [f_next, d_t, h_t, g_t]
+        grads.append(g_t.symbol)
+    tt = TELESCOPE_T
+    return claim("proof.lemma4.step13", f"App. C.2, eq. (35) (telescoping, T = {tt})",
+                 sum(grads) / tt, "<=",
+                 2 * f_vars[0].symbol / (bu * tt) + lf * bu * st**2 + bound_35_tail(c),
+                 list(c.values()) + [lf_var, bu_var, st_var, f_vars[0]] + variables,
+                 ["per-iteration inequality after step (b), in expectation", "beta_up <= 1/L_F",
+                  "F >= 0 (loss maps to R_+, Sec. 2.1)", "Lemma 3, eq. (31)"],
+                 note=f"T = {tt}: G_t = E||grad F(theta^t)||^2 is bounded only through the per-iteration "
+                      "inequality linking F_t and F_{t+1}; the check sums it, telescopes F_1 .. F_{T+1}, drops "
+                      "the hbar term (beta_up <= 1/L_F) and F_{T+1} >= 0, and compares the average with (35)")
+
+
 def _lemma4_steps():
     c = constants()
     allc = list(c.values())
@@ -102,12 +193,17 @@ def _lemma4_steps():
               allc + [sig_var, w_var, s_var, r_var, v_var],
               [A3 + " (S = E||H_psi - H_hat||^2 <= sigma_b^2)", "R = ||H_hat||^2 <= 2(gamma_h^2 + l1^2)",
                A2 + " (V <= sigma^2)", "psi independent of xi'"],
-              note="W = E||grad L(theta_hat;D',xi')||^2"),
+              note="W = E||grad L(theta_hat;D',xi')||^2; "
+                   + BOOKKEEPING.format("step4 (the product split); E[W S] = E[W] E[S] needs psi independent "
+                                        "of xi', which is not checkable here")),
         claim("proof.lemma4.step6", f"{LOC}, display after (34)", 2 * gn.symbol**2 + 2 * v_var.symbol, "<=",
-              2 * (l0**2 + sig**2), allc + [sig_var, gn, v_var], [YOUNG, A1 + " (||grad L(.;D')|| <= l0)", A2]),
+              2 * (l0**2 + sig**2), allc + [sig_var, gn, v_var], [YOUNG, A1 + " (||grad L(.;D')|| <= l0)", A2],
+              note="gnorm = ||grad L(theta_hat;D')||, V = its stochastic variance; "
+                   + BOOKKEEPING.format("Young's inequality (proof.lemma3.step2)")),
         claim("proof.lemma4.step7", f"{LOC}, (34): last inequality",
               4 * l1**2 * sig**2 + 8 * b**2 * sb**2 * w2.symbol + 16 * (gh**2 + l1**2) * b**2 * sig**2, "<=",
-              st2, allc + [sig_var, w2], ["display after (34)"], note="W <= 2(l0^2 + sigma^2)"),
+              st2, allc + [sig_var, w2], ["display after (34)"],
+              note="W <= 2(l0^2 + sigma^2); " + BOOKKEEPING.format("steps 3-6")),
     ]
 
     probs = [between("p1", 0, 1), between("p2", 0, 1)]
@@ -122,15 +218,14 @@ def _lemma4_steps():
                      probs + [v for row in pts for v in row], ["three-point distribution in R^2, weights sum to 1"],
                      note="E||A||^2 = ||E A||^2 + E||A - E A||^2 (the paper writes (E[A|B])^2 for ||E[A|B]||^2)"))
 
-    lf_var, hbar_var = positive("L_F"), nonnegative("hbar")
-    st_var = nonnegative("sigma_tilde")
-    var_h = between("Var", 0, st_var.symbol**2)
+    lf_var = positive("L_F")
     beta_up = positive("beta_up")
     lf, bu = lf_var.symbol, beta_up.symbol
-    out.append(claim("proof.lemma4.step9", f"{LOC}, step (a)",
-                     lf * bu**2 / 2 * (hbar_var.symbol**2 + var_h.symbol), "<=",
-                     lf * bu**2 / 2 * hbar_var.symbol**2 + lf * bu**2 * st_var.symbol**2 / 2,
-                     [lf_var, beta_up, hbar_var, st_var, var_h], ["identity (a)", "(34): E||h - hbar||^2 <= sigma_tilde^2"]))
+    smoothness, expectation, step_a = _descent_steps(lf_var, beta_up)
+    at = [s.id for s in out].index("proof.lemma4.step8")  # the smoothness line precedes identity (a)
+    out[at:at] = [smoothness, expectation]
+    out.append(step_a)
+    st_var = nonnegative("sigma_tilde")
 
     av = [real(f"a{i}") for i in (1, 2, 3)]
     bv = [real(f"b{i}") for i in (1, 2, 3)]
@@ -154,18 +249,8 @@ def _lemma4_steps():
                      - lf * bu_small.symbol**2 / 2, ">=", 0, [lf_var, bu_small],
                      note="drops the ||hbar||^2 term before telescoping"))
 
-    t_var = count("T")
-    f1, fend = nonnegative("F1"), nonnegative("F_end")
-    tt = t_var.symbol
-    tail = bound_31(c)
-    s_sum = between("S_sum", 0, 2 / bu_small.symbol * (f1.symbol - fend.symbol)
-                    + tt * tail + tt * lf * bu_small.symbol * st**2)
-    out.append(claim("proof.lemma4.step13", "App. C.2, eq. (35) (telescoping)", s_sum.symbol / tt, "<=",
-                     2 * f1.symbol / (bu_small.symbol * tt) + lf * bu_small.symbol * st**2 + bound_35_tail(c),
-                     allc + [lf_var, bu_small, st_var, t_var, f1, fend, s_sum],
-                     ["per-iteration descent inequality summed over t = 1..T", "F >= 0 (loss maps to R_+, Sec. 2.1)",
-                      "Lemma 3, eq. (31)"],
-                     note="S_sum = sum_t E||grad F(theta^t)||^2; F_end = E F(theta^{T+1}) >= 0"))
+    out.append(_telescoping_step(c, lf_var, bu_small))
+    f1 = nonnegative("F1")
 
     bu0, bl0 = positive("b_up"), positive("b_low")
     root_t = above("sqrtT", 1, lo_open=False, search=(1.0, 1e3))

@@ -210,7 +210,9 @@ def _final_steps():
         claim("proof.thm3.step31", f"{LOC}, second case: the root exceeds 1", stated(None, 4 * nn), ">", 1,
               [n, delta]),
         claim("proof.thm3.step32", f"{LOC}, second case: 1 + M + gamma_A >= population loss",
-              m + 1 + gamma.symbol, ">=", lp.symbol, [m_var, gamma, lp], ["0 <= L <= 1"]),
+              m + 1 + gamma.symbol, ">=", lp.symbol, [m_var, gamma, lp], ["0 <= L <= 1"],
+              note="bookkeeping: restates L_P <= 1 <= 1 + M + gamma_A (0 <= L <= 1, gamma_A >= 0); no content "
+                   "beyond the assumption"),
     ]
 
 

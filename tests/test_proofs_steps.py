@@ -35,6 +35,7 @@ EXPECTED_VERIFIED = {
     "proof.lemma1.repair1", "proof.lemma2.repair1", "proof.lemma3.step10", "proof.lemma3.step11",
     "proof.lemma4.step13", "proof.lemma4.step14", "proof.thm3.step2", "proof.thm3.step3", "proof.thm3.step12",
     "proof.thm3.step20", "proof.thm3.step23", "proof.d1.step2", "proof.thm2.step1",
+    "proof.lemma3.step1", "proof.lemma3.step1a", "proof.lemma3.step3a", "proof.lemma4.step7b",
 }
 
 
