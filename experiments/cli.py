@@ -86,9 +86,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:  # every library check raises ValueError naming the bad value
         print(f"testbed {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"testbed {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except MemoryError as err:  # sizes too large for this machine (numpy names the amount)
+        print(f"testbed {args.command}: error: out of memory: {err or 'an allocation failed'}; "
+              "ask for smaller sizes", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:  # an unwritable --out, a missing file: the message names the path
+        print(f"testbed {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt as err:  # SIGINT; a command may re-raise SIGTERM with its own status
+        print(f"testbed {args.command}: {err or 'interrupted'}", file=sys.stderr)
+        return getattr(err, "exit_status", 130)
 
 
 if __name__ == "__main__":

@@ -56,5 +56,18 @@ def comma_separated(parse, ok, what: str):
     return convert
 
 
+def thread_count(text: str) -> int:
+    """``--threads``: an integer from 1 to 4 per core of this machine (OpenMP fails to start
+    tens of thousands of threads, and crashes the process doing so)."""
+    import os
+
+    value = positive_int(text)
+    limit = 4 * (os.cpu_count() or 1)
+    if value > limit:
+        raise argparse.ArgumentTypeError(f"must be <= {limit} (4 per core of this machine), "
+                                         f"got {text!r}")
+    return value
+
+
 positive_int_list = comma_separated(int, lambda v: v >= 1, "integers >= 1")
 """``"1,5,10"`` -> ``(1, 5, 10)``; every entry an integer >= 1."""

@@ -1,5 +1,6 @@
 """The command line: help everywhere, one-line errors with exit status 2, the demo runs."""
 
+import os
 import json
 import subprocess
 import sys
@@ -54,3 +55,41 @@ def test_installed_command_reports_errors_without_a_traceback():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "--tasks" in proc.stderr
+
+
+def test_an_unwritable_out_is_one_line_and_exit_2_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for argv in (["verify", "--quick", "--only", "eq30", "--out", str(blocker / "sub")],
+                 ["bench", "synthetic", "--out", str(blocker / "sub")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "Not a directory" in err[0] and str(blocker) in err[0]
+
+
+def test_sizes_too_large_for_memory_are_one_line_and_exit_2(capsys):
+    assert main(["demo", "--dim", "100000000", "--iterations", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "out of memory" in err[0]
+
+
+def test_thread_count_is_bounded_by_the_machine():
+    import argparse
+    import os
+
+    from experiments.cliutil import thread_count
+
+    assert thread_count("1") == 1
+    with pytest.raises(argparse.ArgumentTypeError, match="per core"):
+        thread_count(str(4 * (os.cpu_count() or 1) + 1))
+    with pytest.raises(argparse.ArgumentTypeError):
+        thread_count("0")
+
+
+def test_reports_are_readable_by_others_not_0600(tmp_path):
+    from experiments.claims.report import _atomic_write
+
+    _atomic_write(tmp_path / "r.json", "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -65,6 +65,8 @@ def _run(args: argparse.Namespace) -> int:
     # the code that runs is the code at the start: a commit made while a long bench runs
     # must not be credited with its numbers
     args.commit = git_commit()
+    if args.out is not None:   # an unwritable --out fails now, not after the bench
+        args.out.mkdir(parents=True, exist_ok=True)
     return {"fewshot": _fewshot, "memory": _memory, "synthetic": _synthetic}[args.suite](args)
 
 

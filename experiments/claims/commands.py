@@ -77,6 +77,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{c.id}\t{c.reference}")
         return 0
     select(args.only)  # unknown ids fail before any work
+    args.out.mkdir(parents=True, exist_ok=True)   # so does an unwritable --out
     command = "testbed " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "testbed verify"
     rep = verify(args.out, quick=args.quick, only=args.only, seed=args.seed, command=command)
     counts = ", ".join(f"{v} {k}" for k, v in rep["counts"].items())
