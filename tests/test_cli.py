@@ -1,7 +1,7 @@
 """The command line: help everywhere, one-line errors with exit status 2, the demo runs."""
 
-import os
 import json
+import os
 import subprocess
 import sys
 
