@@ -1,13 +1,18 @@
 """Run every transcribed step and write ``proofs.md`` and ``proofs.json``.
 
 ``python -m proofs_check --budget quick --out DIR [--workers 2]`` runs all steps and
-writes both files.
+writes both files.  With ``out_dir``, :func:`run_all` rewrites both files atomically after
+every step, marked ``"complete": false`` until the last step is in, so an interrupted run
+keeps the steps it finished; it prints ``[i/n] step id: verdict (seconds)`` on stderr as
+steps finish.
 
 ``proofs.json`` follows :data:`JSON_SCHEMA` (JSON Schema draft 2020-12; :func:`validate_report`
 checks the subset used here without extra dependencies).  Layout::
 
     {"schema": "proofs_check.report/1",
      "source": "Abbas et al. 2022 (Sharp-MAML), Appendices B-D and eq. (18)",
+     "complete": bool (false: an interrupted or still running run; "results" holds the
+                 steps finished so far),
      "budget": {"name": ..., "description": ...},
      "counts": {"verified": int, "no counterexample found": int, "false": int,
                 "not transcribable": int},
@@ -27,7 +32,11 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import re
+import signal
+import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -82,11 +91,12 @@ JSON_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "proofs_check report",
     "type": "object",
-    "required": ["schema", "source", "budget", "counts", "results"],
+    "required": ["schema", "source", "complete", "budget", "counts", "results"],
     "additionalProperties": False,
     "properties": {
         "schema": {"const": SCHEMA_ID},
         "source": {"type": "string"},
+        "complete": {"type": "boolean"},
         "budget": {"type": "object", "required": ["name", "description"], "additionalProperties": False,
                    "properties": {"name": {"type": "string"}, "description": {"type": "string"}}},
         "counts": {"type": "object", "required": list(VERDICTS), "additionalProperties": False,
@@ -126,33 +136,83 @@ def _select(steps: tuple[Step, ...], only: Iterable[str] | None) -> tuple[Step, 
 _FORKED_STEPS: tuple[Step, ...] = ()  # steps handed to forked workers (ArrayForm lambdas don't pickle)
 
 
-def _check_forked(job: tuple[int, Budget]) -> StepResult:
+def _ignore_sigint() -> None:
+    """Forked workers leave Ctrl-C to the parent, which stops them (no traceback per worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _check_forked(job: tuple[int, Budget]) -> tuple[int, StepResult, float]:
     index, budget = job
-    return check_step(_FORKED_STEPS[index], budget)
+    start = time.perf_counter()
+    result = check_step(_FORKED_STEPS[index], budget)
+    return index, result, time.perf_counter() - start
 
 
-def run_all(budget: Budget | str = QUICK, only: Iterable[str] | None = None, workers: int = 1) -> list[StepResult]:
+def _progress(i: int, n: int, text: str, seconds: float | None) -> None:
+    """``[i/n] id ...`` while a step runs (terminals only), then its verdict and time.
+
+    The same lines as ``testbed verify``: on a terminal the running line is rewritten in
+    place; elsewhere (a log file, a pipe) only the finished lines are printed."""
+    if seconds is None:
+        if sys.stderr.isatty():
+            print(f"\r[{i}/{n}] {text} ...".ljust(78), end="", file=sys.stderr, flush=True)
+        return
+    print(f"\r[{i}/{n}] {text} ({seconds:.1f} s)".ljust(78), file=sys.stderr, flush=True)
+
+
+def run_all(budget: Budget | str = QUICK, only: Iterable[str] | None = None, workers: int = 1, *,
+            out_dir=None, progress: bool = True) -> list[StepResult]:
     """Check every step (or those whose id equals/starts with an entry of ``only``).
 
     ``workers > 1`` checks steps in forked processes; every check is seeded by its step id, so
-    the results are identical to a serial run, in the same order.
+    the results are identical to a serial run, in the same order.  ``progress`` prints
+    ``[i/n] step id: verdict (seconds)`` on stderr as each step finishes.  With ``out_dir``,
+    ``proofs.md`` and ``proofs.json`` are rewritten there (atomically) after every step,
+    ``"complete": false`` until all steps are in: an interrupted run keeps what it finished.
     """
     if isinstance(budget, str):
         if budget not in BUDGETS:
             raise ValueError(f"budget must be one of {sorted(BUDGETS)} or a Budget, got {budget!r}")
         budget = BUDGETS[budget]
-    if not isinstance(workers, int) or workers < 1:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     steps = _select(all_steps(), only)
-    if workers == 1 or len(steps) < 2:
-        return [check_step(step, budget) for step in steps]
-    global _FORKED_STEPS
-    _FORKED_STEPS = steps
+    n = len(steps)
+    done: dict[int, StepResult] = {}
+
+    def finished() -> list[StepResult]:
+        return [done[i] for i in sorted(done)]
+
+    def record(index: int, result: StepResult, seconds: float) -> None:
+        done[index] = result
+        if progress:
+            _progress(len(done), n, f"{result.step_id}: {result.verdict}", seconds)
+        if out_dir is not None:
+            write_table(finished(), out_dir, budget, complete=False)
+
+    complete = False
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            return pool.map(_check_forked, [(i, budget) for i in range(len(steps))], chunksize=1)
+        if workers == 1 or n < 2:
+            for index, step in enumerate(steps):
+                if progress:
+                    _progress(len(done) + 1, n, step.id, None)
+                start = time.perf_counter()
+                record(index, check_step(step, budget), time.perf_counter() - start)
+        else:
+            global _FORKED_STEPS
+            _FORKED_STEPS = steps
+            try:
+                with multiprocessing.get_context("fork").Pool(workers, _ignore_sigint) as pool:
+                    for index, result, seconds in pool.imap_unordered(
+                            _check_forked, [(i, budget) for i in range(n)], chunksize=1):
+                        record(index, result, seconds)
+            finally:
+                _FORKED_STEPS = ()
+        complete = True
     finally:
-        _FORKED_STEPS = ()
+        if out_dir is not None:
+            write_table(finished(), out_dir, budget, complete=complete)
+    return finished()
 
 
 def _evaluation_json(evaluation: Evaluation | None):
@@ -162,8 +222,9 @@ def _evaluation_json(evaluation: Evaluation | None):
             "rhs": evaluation.rhs, "gap": evaluation.gap, "violation": evaluation.violation}
 
 
-def report_document(results: list[StepResult], budget: Budget | None = None) -> dict:
-    """The JSON document (see module docstring) for ``results``."""
+def report_document(results: list[StepResult], budget: Budget | None = None, complete: bool = True) -> dict:
+    """The JSON document (see module docstring) for ``results``; ``complete=False`` marks a
+    partial report (a run still going, or interrupted)."""
     names = sorted({r.budget for r in results})
     budget_info = ({"name": budget.name, "description": budget.describe()} if budget is not None
                    else {"name": ",".join(names), "description": ",".join(
@@ -172,6 +233,7 @@ def report_document(results: list[StepResult], budget: Budget | None = None) -> 
     return {
         "schema": SCHEMA_ID,
         "source": SOURCE,
+        "complete": bool(complete),
         "budget": budget_info,
         "counts": {v: counts.get(v, 0) for v in VERDICTS},
         "results": [
@@ -223,17 +285,38 @@ def markdown_table(results: list[StepResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(results: list[StepResult], out_dir, budget: Budget | None = None) -> tuple[Path, Path]:
-    """Write ``proofs.md`` and ``proofs.json`` into ``out_dir``; return both paths."""
+def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # mkstemp's 0600 would make a shared report private
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_table(results: list[StepResult], out_dir, budget: Budget | None = None,
+                complete: bool = True) -> tuple[Path, Path]:
+    """Write ``proofs.md`` and ``proofs.json`` into ``out_dir`` (each atomically); return both paths.
+
+    ``complete=False`` marks them as a partial report (``"complete": false`` in the JSON, a
+    line in the markdown)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    document = report_document(results, budget)
+    document = report_document(results, budget, complete)
     counts = ", ".join(f"{v}: {n}" for v, n in document["counts"].items())
-    header = (f"# Proof steps of {SOURCE}\n\nBudget: {document['budget']['description']}\n\n"
+    partial = "" if complete else (f"**Partial report** (interrupted or still running): "
+                                   f"{len(results)} step(s) finished so far.\n\n")
+    header = (f"# Proof steps of {SOURCE}\n\n{partial}Budget: {document['budget']['description']}\n\n"
               f"Verdicts: {counts}\n\n")
     md_path, json_path = out / "proofs.md", out / "proofs.json"
-    md_path.write_text(header + markdown_table(results))
-    json_path.write_text(json.dumps(document, indent=1) + "\n")
+    _atomic_write(json_path, json.dumps(document, indent=1) + "\n")
+    _atomic_write(md_path, header + markdown_table(results))
     return md_path, json_path
 
 
@@ -286,15 +369,24 @@ def validate_report(document, schema: dict = JSON_SCHEMA, path: str = "$") -> li
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Check every transcribed proof step and write the report.")
+    parser = argparse.ArgumentParser(prog="python -m proofs_check",
+                                     description="Check every transcribed proof step and write the report.")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="quick")
     parser.add_argument("--out", default="out/proofs")
     parser.add_argument("--only", nargs="*", default=None, help="step ids or id prefixes")
     parser.add_argument("--workers", type=int, default=2, help="forked worker processes (results do not depend on it)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    results = run_all(BUDGETS[args.budget], args.only, args.workers)
-    md_path, json_path = write_table(results, args.out, BUDGETS[args.budget])
+    try:
+        results = run_all(BUDGETS[args.budget], args.only, args.workers, out_dir=args.out)
+    except ValueError as error:  # an unknown --only id, --workers < 1: one line naming the value
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; the finished steps are kept in {Path(args.out) / 'proofs.json'} "
+              "(\"complete\": false)", file=sys.stderr)
+        return 130
+    md_path, json_path = Path(args.out) / "proofs.md", Path(args.out) / "proofs.json"
     elapsed = time.perf_counter() - start
     counts = Counter(r.verdict for r in results)
     print(f"{len(results)} steps in {elapsed:.1f} s ({args.budget}, {args.workers} workers): {dict(counts)}; "

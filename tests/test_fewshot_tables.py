@@ -73,3 +73,35 @@ def test_parallel_runs_give_the_numbers_of_sequential_runs(tmp_path):
     a, b = (json.loads((tmp_path / d / "smoke" / "table4.json").read_text())["rows"] for d in "ab")
     assert [r["accuracy"] for r in a] == [r["accuracy"] for r in b]
     assert all(r["settings"]["iterations"] == 1 for r in a)
+
+
+@pytest.mark.parametrize("option", ["--data-root", "--miniimagenet"])
+def test_smoke_scale_refuses_data_options_it_would_ignore(option, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--scale", "smoke", "--tables", "table4", "--iterations", "1", "--quiet", "--threads", "1",
+              "--out", str(tmp_path), option, "/nope"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and option in err[0] and "/nope" in err[0] and "smoke" in err[0]
+    assert not (tmp_path / "smoke").exists()   # refused before any work
+
+
+@pytest.mark.parametrize("interruption, status", [(KeyboardInterrupt(), 130), ("sigterm", 143)])
+def test_an_interrupt_is_one_line_and_the_signal_status(interruption, status, tmp_path, capsys, monkeypatch):
+    import experiments.fewshot.tables as tables
+    from experiments.fewshot.train import TrainingInterrupted
+
+    if interruption == "sigterm":   # what a run stopped by SIGTERM raises
+        interruption = TrainingInterrupted("stopped at iteration 3; checkpoint saved", 143, 3)
+
+    def interrupted(*args, **kwargs):
+        raise interruption
+
+    monkeypatch.setattr(tables, "build_table", interrupted)
+    try:
+        code = main(["--scale", "smoke", "--tables", "table4", "--quiet", "--out", str(tmp_path)])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped main() as a traceback")
+    assert code == status
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["tables: interrupted; finished runs are kept, rerun the same command to resume"]

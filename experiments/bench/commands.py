@@ -163,7 +163,7 @@ def _synthetic(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-horizon must be >= 4, got {T}")
     spec = replace(synthetic.default_spec(args.family), seeds=args.seeds,
                    horizons=(T // 4, T // 2, T))
-    result = synthetic.run(spec)
+    result = synthetic.run(spec, progress=sys.stderr)
     table = synthetic.format_table(result)
     print(table)
     meta = {**_meta(f"testbed bench synthetic --family {args.family} --seeds {args.seeds} "

@@ -11,7 +11,9 @@ horizon x seed of a :class:`~experiments.claims.sweeps.SweepSpec`):
   at a time.
 
 All three must agree on every run's average squared gradient (checked before
-the times are reported); the speed-up is the ratio of wall times.
+the times are reported); the speed-up is the ratio of wall times.  With a
+``progress`` stream, ``run`` says which implementation is running and how long
+each took (on a terminal the loops also count their runs in place).
 """
 
 from __future__ import annotations
@@ -51,28 +53,71 @@ def default_spec(family: str = "quadratic") -> SweepSpec:
                      schedules=("theorem", "constant"))
 
 
-def _closed_form_loop(spec: SweepSpec) -> np.ndarray:
+class _Progress:
+    """``[bench synthetic] <implementation> ...`` lines on ``stream`` (None: silent)."""
+
+    def __init__(self, stream, runs: int):
+        self.stream, self.runs = stream, runs
+        self.terminal = stream is not None and hasattr(stream, "isatty") and stream.isatty()
+
+    def start(self, name: str, what: str) -> None:
+        if self.stream is not None:
+            print(f"[bench synthetic] {name}: {what} ...", file=self.stream, flush=True)
+
+    def run_done(self, name: str, i: int) -> None:
+        # per-run counts only where they can be rewritten in place (a log gets start/end lines)
+        if self.terminal:
+            print(f"\r[bench synthetic] {name}: run {i}/{self.runs}".ljust(78), end="",
+                  file=self.stream, flush=True)
+
+    def end(self, name: str, seconds: float) -> None:
+        if self.stream is not None:
+            print(f"\r[bench synthetic] {name}: {self.runs} runs in {seconds:.1f} s".ljust(78),
+                  file=self.stream, flush=True)
+
+
+def _closed_form_loop(spec: SweepSpec, done=lambda i: None) -> np.ndarray:
     """The same closed-form code, one run per call (a batch of one)."""
     count = len(run_table(spec)["T"])
-    return np.array([run_subset(spec, np.array([i]))[0][0] for i in range(count)])
+    out = []
+    for i in range(count):
+        out.append(run_subset(spec, np.array([i]))[0][0])
+        done(i + 1)
+    return np.array(out)
 
 
-def run(spec: SweepSpec | None = None) -> SyntheticBench:
+def run(spec: SweepSpec | None = None, progress=None) -> SyntheticBench:
+    """Time the three implementations on ``spec``; ``progress``: a stream (e.g. ``sys.stderr``)
+    that is told which implementation runs, or None."""
     spec = spec or default_spec()
     if spec.sigma != 0:
         raise ValueError(f"the comparison needs an exact oracle, got sigma={spec.sigma!r}")
+    count = len(run_table(spec)["T"])
+    report = _Progress(progress, count)
     seconds = {}
+    report.start("batched", f"{count} runs in one batch, up to {max(spec.horizons)} iterations")
     t = time.perf_counter()
     batched = run_sweep(spec).avg_sq_grad.reshape(-1)
     seconds["batched"] = time.perf_counter() - t
+    report.end("batched", seconds["batched"])
+    name = "loop, closed form"
+    report.start(name, f"{count} runs one at a time")
     t = time.perf_counter()
     with single_threaded():
-        looped = _closed_form_loop(spec)
-    seconds["loop, closed form"] = time.perf_counter() - t
+        looped = _closed_form_loop(spec, lambda i: report.run_done(name, i))
+    seconds[name] = time.perf_counter() - t
+    report.end(name, seconds[name])
+    name = "loop, autograd"
+    report.start(name, f"{count} runs one at a time, one iteration at a time (the slowest)")
     t = time.perf_counter()
     with single_threaded():
-        reference = np.array([run_sweep_reference(spec, i) for i in range(batched.size)])
-    seconds["loop, autograd"] = time.perf_counter() - t
+        reference = []
+        for i in range(batched.size):
+            reference.append(run_sweep_reference(spec, i))
+            report.run_done(name, i + 1)
+        reference = np.array(reference)
+    seconds[name] = time.perf_counter() - t
+    report.end(name, seconds[name])
     diff = max(np.max(np.abs(batched - looped) / np.maximum(1.0, np.abs(batched))),
                np.max(np.abs(batched - reference) / np.maximum(1.0, np.abs(batched))))
     if diff > AGREEMENT:

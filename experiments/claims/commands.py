@@ -52,15 +52,16 @@ def register_proofs(sub) -> None:
 def _run_proofs(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from proofs_check import FULL, QUICK, all_steps, run_all, write_table
+    from proofs_check import FULL, QUICK, all_steps, run_all
 
     known = [s.id for s in all_steps()]
     unknown = [o for o in args.only or [] if not any(k == o or k.startswith(o + ".") for k in known)]
     if unknown:
         raise ValueError(f"unknown step id(s) {', '.join(map(repr, unknown))}")
     budget = FULL if args.budget == "full" else QUICK
-    results = run_all(budget, args.only, args.workers)
-    md, js = write_table(results, args.out, budget)
+    args.out.mkdir(parents=True, exist_ok=True)   # an unwritable --out fails before any work
+    results = run_all(budget, args.only, args.workers, out_dir=args.out)   # rewritten after every step
+    md = args.out / "proofs.md"
     counts = ", ".join(f"{n} {v}" for v, n in Counter(r.verdict for r in results).items())
     print(f"{len(results)} steps: {counts}. Table: {md}")
     for r in results:

@@ -359,8 +359,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+INTERRUPTED = "interrupted; finished runs are kept, rerun the same command to resume"
+"""What ``main`` prints on Ctrl-C (runs checkpoint as they go and finished ones are reused)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if SCALES[args.scale].toy:
+        # smoke scale runs every table on a generated toy folder: data options would be ignored
+        for option, value in (("--data-root", args.data_root), ("--miniimagenet", args.miniimagenet)):
+            if value is not None:
+                parser.error(f"argument {option}: not used at --scale smoke (every table runs on a "
+                             f"generated toy folder), got {value!r}; drop it or use --scale cpu/paper")
     scale = SCALES[args.scale]
     if args.iterations is not None:
         scale = replace(scale, iterations=args.iterations)
@@ -382,6 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"tables: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as error:   # a run's TrainingInterrupted carries 143 for SIGTERM
+        print(f"tables: {INTERRUPTED}", file=sys.stderr)
+        return getattr(error, "exit_status", 130)
     return 0
 
 
