@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import replace
 
 import pytest
+import torch
 
+from experiments.cli import main
+from experiments.fewshot.checkpoint import load_checkpoint, save_checkpoint
 from experiments.fewshot.config import TrainConfig
 from experiments.fewshot.evaluate import Z_95, confidence_interval, evaluate_checkpoint
 from experiments.fewshot.toy import write_toy_folder
@@ -81,3 +86,111 @@ def test_a_config_round_trips_through_its_dict(trained):
         TrainConfig.from_dict({**config.to_dict(), "colour": "red"})
     with pytest.raises(ValueError, match="ways must be an integer >= 2, got 1"):
         replace(config, ways=1)
+
+
+def _edited_copy(trained_dir, path, **changes):
+    """A copy of the trained checkpoint with top-level entries (or config fields, given as
+    ``config=dict``) replaced."""
+    payload = load_checkpoint(trained_dir)
+    config = {**payload["config"], **changes.pop("config", {})}
+    payload = {k: v for k, v in payload.items() if k not in ("format", "rng")}
+    save_checkpoint(path, {**payload, "config": config, **changes})
+    return str(path)
+
+
+def _strict(text):
+    def refuse(constant):
+        raise AssertionError(f"not strict JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_one_episode_reports_the_interval_as_undefined_never_nan(trained, capsys):
+    checkpoint = str(trained[0])
+    assert main(["eval", checkpoint, "--episodes", "1", "--json", "--quiet"]) == 0
+    result = _strict(capsys.readouterr().out)
+    assert result["ci95"] is None and result["std"] is None and result["episodes"] == 1
+    assert main(["eval", checkpoint, "--episodes", "1", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "+- n/a (95% CI, 1 3-way" in printed and "nan" not in printed
+
+
+def test_evaluation_shows_episodes_done_on_stderr_unless_quiet(trained, capsys):
+    checkpoint = str(trained[0])
+    assert main(["eval", checkpoint, "--episodes", "20"]) == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    # stderr is not a terminal here: a line per tenth of the episodes
+    assert len(lines) == 10 and lines[-1].startswith("test episode 20/20") and "episodes/s" in lines[-1]
+    assert main(["eval", checkpoint, "--episodes", "20", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_devices_are_checked_on_construction_naming_the_value(trained):
+    for device in ("cudaXYZ", "cuda:99", "mps", "", None):
+        with pytest.raises(ValueError, match=re.escape(repr(device))):
+            replace(trained[1], device=device)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'cuda': CUDA is not available"):
+            replace(trained[1], device="cuda")
+
+
+@pytest.mark.parametrize("device", ["cuda", "cudaXYZ", "cuda:99"])
+def test_train_with_an_unusable_device_exits_2_naming_it(device, trained, tmp_path, capsys):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is usable here")
+    argv = ["train", "--source", trained[1].source, "--device", device, "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and repr(device) in lines[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_checkpoint_from_an_unusable_device_is_evaluated_on_the_cpu_saying_so(trained, tmp_path, capsys):
+    elsewhere = _edited_copy(trained[0], tmp_path / "gpu.pt", config={"device": "cuda:99", "precision": "tf32"})
+    assert main(["eval", elsewhere, "--episodes", "3", "--quiet", "--json"]) == 0
+    captured = capsys.readouterr()
+    notes = captured.err.strip().splitlines()
+    assert len(notes) == 2 and all(n.startswith("note: ") for n in notes)
+    assert "'cuda:99'" in notes[0] and "using cpu" in notes[0] and "using float32" in notes[1]
+    here = evaluate_checkpoint(trained[0], episodes=3)
+    assert _strict(captured.out)["accuracy"] == here.accuracy
+    assert main(["eval", elsewhere, "--episodes", "3", "--quiet", "--device", "cpu"]) == 0
+    assert "cuda:99" not in capsys.readouterr().err           # asked for: no notice of the checkpoint's
+    assert main(["eval", elsewhere, "--device", "cudaXYZ"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "'cudaXYZ'" in lines[0]
+    out = tmp_path / "l.png"
+    assert main(["landscape", elsewhere, "--points", "2", "--device", "cpu", "--out", str(out)]) == 0
+    assert out.is_file()
+    assert main(["landscape", elsewhere, "--points", "2", "--device", "cuda:99", "--out", str(out)]) == 2
+    assert "'cuda:99'" in capsys.readouterr().err
+
+
+def test_a_checkpoint_whose_shapes_do_not_match_its_config_is_refused_naming_both(trained, tmp_path, capsys):
+    wrong = _edited_copy(trained[0], tmp_path / "wrong.pt", config={"hidden": 8})
+    with pytest.raises(ValueError, match=re.escape(f"checkpoint {wrong} is inconsistent: params['conv1.weight'] "
+                                                   "has shape [4, 1, 3, 3], Conv-4 for ways=3, hidden=8")):
+        load_checkpoint(wrong)
+    assert main(["eval", wrong, "--episodes", "2"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "conv1.weight" in lines[0]
+    payload = load_checkpoint(trained[0])
+    renamed = {("conv9.weight" if k == "conv1.weight" else k): v for k, v in payload["params"].items()}
+    with pytest.raises(ValueError, match=r"unexpected \['conv9.weight'\], missing \['conv1.weight'\]"):
+        load_checkpoint(_edited_copy(trained[0], tmp_path / "renamed.pt", params=renamed))
+
+
+@pytest.mark.parametrize("optimizer, named", [
+    ({"param_groups": []}, "optimizer must be a dict with keys ['param_groups', 'state']"),
+    ({"state": {}, "param_groups": [{"params": [0, 1]}]}, "param_groups cover parameters [0, 1]"),
+    ({"state": {0: {"exp_avg": torch.zeros(2)}}, "param_groups": [{"params": list(range(14))}]},
+     "optimizer state[0]['exp_avg'] has shape [2]"),
+])
+def test_a_malformed_optimizer_state_is_refused_naming_it(optimizer, named, trained, tmp_path, capsys):
+    path = tmp_path / "run" / "checkpoint.pt"
+    _edited_copy(trained[0], path, optimizer=optimizer)
+    with pytest.raises(ValueError, match=re.escape(named)):
+        load_checkpoint(path)
+    argv = ["train", "--resume", "--out", str(path.parent), "--iterations", "4", "--quiet"]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and named in lines[0]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -15,11 +17,12 @@ import pytest
 import torch
 
 from experiments.cli import main
-from experiments.fewshot.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from experiments.fewshot.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from experiments.fewshot.config import TrainConfig, default_batching
 from experiments.fewshot.model import cross_entropy_loss
 from experiments.fewshot.toy import write_toy_folder
-from experiments.fewshot.train import LOG_NAME, RESULTS_NAME, NonFiniteError, run
+from experiments.fewshot.train import (LOG_NAME, RESULTS_NAME, NonFiniteError, TrainingInterrupted,
+                                       _Signalled, _Signals, run)
 from testbed.algorithms import NAMES
 
 KILL_POLL_S = 0.005
@@ -96,14 +99,42 @@ def _argv(toy: str, out: Path, iterations: int, *extra: str) -> list[str]:
             "--task-batching", "vmap", "--out", str(out), "--quiet", *extra]
 
 
-def test_kill_9_after_a_checkpoint_then_resume_gives_bit_identical_parameters(toy, tmp_path):
+SIGNAL_RUN_ITERATIONS = 60
+"""Length of the runs the kill and signal tests interrupt (a tiny esharp model: about 1 s)."""
+
+
+@pytest.fixture(scope="module")
+def whole(toy, tmp_path_factory) -> Path:
+    """The uninterrupted run the kill and signal tests compare with."""
+    out = tmp_path_factory.mktemp("whole") / "run"
+    torch.set_num_threads(1)
+    assert main(_argv(toy, out, SIGNAL_RUN_ITERATIONS)) == 0
+    return out
+
+
+def _assert_same_run(a_dir: Path, b_dir: Path, iterations: int) -> None:
+    """Bit-identical parameters and Adam moments, the same log lines (none lost or repeated)."""
+    a, b = load_checkpoint(a_dir), load_checkpoint(b_dir)
+    assert b["iteration"] == iterations
+    assert all(torch.equal(a["params"][k], b["params"][k]) for k in a["params"])
+    assert all(torch.equal(a["optimizer"]["state"][i]["exp_avg"], b["optimizer"]["state"][i]["exp_avg"])
+               for i in a["optimizer"]["state"])
+    logged = [json.loads(line)["iteration"] for line in (b_dir / LOG_NAME).read_text().splitlines()]
+    assert logged == list(range(5, iterations + 1, 5))
+
+
+def _strict_json(path: Path) -> dict:
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}, not strict JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_kill_9_after_a_checkpoint_then_resume_gives_bit_identical_parameters(toy, whole, tmp_path):
     """Uninterrupted run vs. a subprocess killed with SIGKILL after its first checkpoint, resumed.
 
     esharp draws SWP masks: resume must re-derive them from (seed, iteration).
     """
-    iterations = 60
-    assert main(_argv(toy, tmp_path / "whole", iterations)) == 0
-
+    iterations = SIGNAL_RUN_ITERATIONS
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", *_argv(toy, killed, iterations)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -118,13 +149,135 @@ def test_kill_9_after_a_checkpoint_then_resume_gives_bit_identical_parameters(to
     assert 0 < stopped_at < iterations, "the kill must land mid-run"
 
     assert main(_argv(toy, killed, iterations, "--resume")) == 0
-    a, b = load_checkpoint(tmp_path / "whole"), load_checkpoint(killed)
-    assert b["iteration"] == iterations
+    _assert_same_run(whole, killed, iterations)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_between_checkpoints_saves_the_last_finished_iteration_and_resume_is_exact(
+        signum, toy, whole, tmp_path):
+    """SIGINT (Ctrl-C) or SIGTERM long before the next periodic checkpoint: the subprocess
+    writes the checkpoint of its last finished iteration, says so in one line, exits 128 +
+    the signal, and the resumed run equals the uninterrupted one bit for bit (results too)."""
+    iterations = SIGNAL_RUN_ITERATIONS
+    stopped = tmp_path / "stopped"
+    argv = _argv(toy, stopped, iterations, "--checkpoint-every", "1000")
+    # a test run in the background may inherit an ignored SIGINT; Ctrl-C at a terminal is not ignored
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not ((stopped / LOG_NAME).exists() and (stopped / LOG_NAME).read_text().endswith("\n")):
+        assert proc.poll() is None, "the run ended before its first log line"
+        assert time.monotonic() < deadline, "no log line within the time limit"
+        time.sleep(KILL_POLL_S)
+    os.kill(proc.pid, signum)
+    _, err = proc.communicate(timeout=STARTUP_TIMEOUT_S)
+    assert proc.returncode == 128 + signum, err
+    stopped_at = load_checkpoint(stopped)["iteration"]
+    assert 5 <= stopped_at < iterations, "the signal must land mid-run"
+    assert err.strip().splitlines() == [
+        f"testbed train: interrupted at iteration {stopped_at}/{iterations}; checkpoint saved to "
+        f"{stopped / CHECKPOINT_NAME}, resume with --resume"]
+
+    assert main(_argv(toy, stopped, iterations, "--resume")) == 0
+    _assert_same_run(whole, stopped, iterations)
+    assert _strict_json(stopped / RESULTS_NAME)["final_loss"] == _strict_json(whole / RESULTS_NAME)["final_loss"]
+
+
+def test_an_interrupt_inside_an_iteration_keeps_the_iterations_before_it(toy, tmp_path):
+    """Ctrl-C during the meta-gradient of iteration 3 (in process, exactly there): the checkpoint
+    holds iterations 1-3, not half of the 4th, and resuming gives the uninterrupted numbers."""
+    calls = {"n": 0}
+
+    def interrupted(params, batch):
+        calls["n"] += 1
+        if calls["n"] == 3 * 4 + 1:  # maml with the loop: 4 loss calls per iteration
+            raise KeyboardInterrupt
+        return cross_entropy_loss(params, batch)
+
+    common = dict(iterations=6, checkpoint_every=100, algorithm="maml", task_batching="loop", eval_episodes=0)
+    run(_tiny(toy, tmp_path / "whole", **common), progress=None)
+    with pytest.raises(TrainingInterrupted) as stop:
+        run(_tiny(toy, tmp_path / "parts", **common), progress=None, loss_fn=interrupted)
+    assert stop.value.exit_status == 130 and stop.value.saved == 3
+    assert "interrupted at iteration 3/6; checkpoint saved" in str(stop.value)
+    assert load_checkpoint(tmp_path / "parts")["iteration"] == 3
+    resumed = run(_tiny(toy, tmp_path / "parts", **common), resume=True, progress=None)
+    a, b = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "parts")
     assert all(torch.equal(a["params"][k], b["params"][k]) for k in a["params"])
-    assert all(torch.equal(a["optimizer"]["state"][i]["exp_avg"], b["optimizer"]["state"][i]["exp_avg"])
-               for i in a["optimizer"]["state"])
-    logged = [json.loads(line)["iteration"] for line in (killed / LOG_NAME).read_text().splitlines()]
-    assert logged == list(range(5, iterations + 1, 5))  # no line lost or repeated
+    assert resumed.final_loss == _strict_json(tmp_path / "whole" / RESULTS_NAME)["final_loss"]
+
+
+def test_sigterm_stops_the_run_with_status_143_and_the_handler_is_restored(toy, tmp_path):
+    calls = {"n": 0}
+
+    def terminated(params, batch):
+        calls["n"] += 1
+        if calls["n"] == 2 * 4 + 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return cross_entropy_loss(params, batch)
+
+    def unhandled(signum, frame):  # stands in for the default action, which would end pytest
+        raise RuntimeError("run() left SIGTERM to the handler it found")
+
+    outer = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+        config = _tiny(toy, tmp_path, iterations=6, checkpoint_every=100, algorithm="maml", task_batching="loop")
+        with pytest.raises(TrainingInterrupted) as stop:
+            run(config, progress=None, loss_fn=terminated)
+        assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    finally:
+        signal.signal(signal.SIGTERM, outer)
+    assert stop.value.exit_status == 143 and load_checkpoint(tmp_path)["iteration"] == 2
+    assert pickle.loads(pickle.dumps(stop.value)).exit_status == 143  # crosses a process pool
+
+
+def test_a_signal_during_the_update_is_held_until_the_update_is_whole():
+    """What keeps a checkpoint from holding half a meta-update (Adam changes tensors one by one)."""
+    with _Signals() as signals:
+        finished = False
+        with pytest.raises(_Signalled):
+            with signals.deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.01)  # the handler has run by now, and must not have raised
+                finished = True
+        assert finished
+
+
+def test_resuming_a_finished_run_keeps_its_statistics_and_writes_strict_json(toy, tmp_path):
+    first = run(_tiny(toy, tmp_path, eval_episodes=1), progress=None)
+    saved = load_checkpoint(tmp_path)
+    again = run(_tiny(toy, tmp_path, eval_episodes=1), resume=True, progress=None)
+    results = _strict_json(tmp_path / RESULTS_NAME)
+    assert again.final_loss == first.final_loss == results["final_loss"]
+    assert results["train_wall_s"] == saved["train_wall_s"] > 0
+    assert results["it_per_s"] == pytest.approx(2 / saved["train_wall_s"])
+    assert results["resumed_from"] == 2 and results["test"]["ci95"] is None  # one test episode
+    # a checkpoint from before the statistics were saved: they come from results.json
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, {k: v for k, v in saved.items()
+                                                 if k not in ("train_wall_s", "final_loss", "loss_window",
+                                                              "timed_from", "format", "rng")})
+    run(_tiny(toy, tmp_path, eval_episodes=0), resume=True, progress=None)
+    assert _strict_json(tmp_path / RESULTS_NAME)["final_loss"] == first.final_loss
+
+
+def test_the_final_test_shows_its_progress(toy, tmp_path):
+    stream = io.StringIO()
+    run(_tiny(toy, tmp_path, eval_episodes=4), progress=stream)
+    assert "test episode 4/4" in stream.getvalue()
+
+
+def test_too_many_evaluation_queries_are_refused_before_training(toy, tmp_path, capsys):
+    # the toy classes have 5 images: 1 shot + 100 queries cannot be drawn
+    with pytest.raises(ValueError, match=r"eval_queries=100 is too many for part 'test'.*5 images"):
+        run(_tiny(toy, tmp_path, eval_queries=100), progress=None)
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
+    with pytest.raises(ValueError, match=r"eval_queries=100 is too many for part 'val'"):
+        run(_tiny(toy, tmp_path, eval_queries=100, eval_episodes=0, val_every=1), progress=None)
+    assert main(_argv(toy, tmp_path / "cli", 2, "--eval-episodes", "2", "--eval-queries", "100")) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "eval_queries=100" in lines[0]
 
 
 def test_a_nan_loss_stops_the_run_naming_the_iteration_and_the_last_checkpoint(toy, tmp_path):

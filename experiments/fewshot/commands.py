@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 
 from experiments.cliutil import nonnegative_int, positive_float, positive_int
@@ -115,8 +115,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     out = Path(given.get("out", _DEFAULTS["out"]))
     if args.resume and (out / CHECKPOINT_NAME).is_file():
-        base = TrainConfig.from_dict(load_checkpoint(out / CHECKPOINT_NAME)["config"])
-        return replace(base, **given)
+        # merged before validation: a run trained on cuda resumes here with --device cpu
+        return TrainConfig.from_dict({**load_checkpoint(out / CHECKPOINT_NAME)["config"], **given})
     return TrainConfig(**given)
 
 
@@ -126,14 +126,18 @@ def _run_train(args: argparse.Namespace) -> int:
     config = _train_config(args)
     keep_freed_memory()
     try:
+        # SIGINT/SIGTERM: TrainingInterrupted (a KeyboardInterrupt) names the checkpoint it
+        # saved; experiments.cli prints it and exits with its status, 130 or 143
         result = run(config, resume=args.resume, progress=None if args.quiet else sys.stderr)
     except OSError as error:  # unwritable --out and the like: one line, exit 2
         raise ValueError(str(error)) from None
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
         return 0
-    print(f"{config.algorithm}: {result.iterations} iterations, {result.it_per_s:.2f} it/s, "
-          f"final meta-loss {result.final_loss:.4f}; results in {Path(config.out) / RESULTS_NAME}")
+    rate = "n/a" if result.it_per_s is None else f"{result.it_per_s:.2f}"
+    loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
+    print(f"{config.algorithm}: {result.iterations} iterations, {rate} it/s, "
+          f"final meta-loss {loss}; results in {Path(config.out) / RESULTS_NAME}")
     if result.test is not None:
         print(f"test accuracy {result.test}")
     return 0
@@ -160,17 +164,29 @@ def _add_eval(sub) -> None:
     p.add_argument("--queries", type=positive_int, default=None,
                    help="query images per class (default: the checkpoint's)")
     _add_data_root(p, default=None)
+    _add_device(p)
     p.add_argument("--json", action="store_true", help="print JSON (with --per-episode, every accuracy)")
     p.add_argument("--per-episode", action="store_true", help="include per-episode accuracies in --json")
+    p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     p.set_defaults(func=_run_eval)
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None,
+                   help="torch device, cpu or cuda[:k] (default: the checkpoint's if usable here, "
+                        "else cpu, said on stderr)")
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     from experiments.fewshot.evaluate import evaluate_checkpoint
     result = evaluate_checkpoint(args.checkpoint, source=args.source, part=args.part,
                                  episodes=args.episodes, seed=args.seed, inner_steps=args.inner_steps,
-                                 queries=args.queries, data_root=args.data_root)
-    print(json.dumps(result.to_dict(per_episode=args.per_episode), indent=2) if args.json else str(result))
+                                 queries=args.queries, data_root=args.data_root, device=args.device,
+                                 progress=None if args.quiet else sys.stderr, notes=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_dict(per_episode=args.per_episode), indent=2, allow_nan=False))
+    else:
+        print(str(result))
     return 0
 
 
@@ -201,6 +217,7 @@ def _add_landscape(sub) -> None:
     p.add_argument("--inner-steps", type=positive_int, default=None,
                    help="fine-tuning steps (default: the checkpoint's --eval-inner-steps)")
     _add_data_root(p, default=None)
+    _add_device(p)
     p.set_defaults(func=_run_landscape)
 
 
@@ -208,8 +225,9 @@ def _run_landscape(args: argparse.Namespace) -> int:
     from experiments.fewshot.landscape import LandscapeConfig, plot, run
     config = LandscapeConfig(checkpoint=args.checkpoint, source=args.source, part=args.part,
                              episode=args.episode, seed=args.seed, points=args.points, span=args.span,
-                             two_d=args.two_d, inner_steps=args.inner_steps, data_root=args.data_root)
-    result = run(config)
+                             two_d=args.two_d, inner_steps=args.inner_steps, data_root=args.data_root,
+                             device=args.device)
+    result = run(config, notes=sys.stderr)
     try:
         path = plot(result, args.out)
     except OSError as error:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import torch
+
 from experiments.fewshot.common import PRECISIONS, build_algorithm
 from testbed import validate as V
 from testbed.algorithms import NAMES, Algorithm
@@ -51,7 +53,8 @@ class TrainConfig:
     meta_lr:       Adam's learning rate: 0.001 (Sec. 5.1; MAML ``meta_lr``).
     iterations:    meta-iterations: 40000 (MAML's 5-way Omniglot ``metatrain_iterations``).
     seed:          seeds the initial parameters and the training episodes.
-    device:        torch device, "cpu" or "cuda[:k]".
+    device:        torch device, "cpu" or "cuda[:k]"; CUDA must be available to this torch
+                   (:func:`device_problem`).
     threads:       ``torch.set_num_threads`` for the run; None leaves torch's choice.  On a
                    shared machine 1 thread per run avoids OpenMP spinning against other work.
     task_batching: "loop" (one task after another), "vmap" (vectorised over the meta-batch)
@@ -140,8 +143,9 @@ class TrainConfig:
         V.positive("meta_lr", self.meta_lr)
         V.one_of("task_batching", self.task_batching, BATCHING + ("auto",))
         V.one_of("precision", self.precision, PRECISIONS)
-        if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"device must be 'cpu' or 'cuda[:k]', got {self.device!r}")
+        problem = device_problem(self.device)
+        if problem is not None:
+            raise ValueError(problem)
         if self.precision == "tf32" and not self.device.startswith("cuda"):
             raise ValueError(f"precision 'tf32' is a CUDA tensor-core mode; on device "
                              f"{self.device!r} use float32 or bf16")
@@ -175,6 +179,30 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig fields: {unknown}")
         return cls(**data)
+
+
+def device_problem(device: object) -> str | None:
+    """Why ``device`` cannot run here (a one-line message naming it), or None if it can.
+
+    Accepted: what ``torch.device`` parses as ``cpu`` or ``cuda[:k]``; CUDA only when
+    ``torch.cuda.is_available()`` and ``k`` is below ``torch.cuda.device_count()``.
+    """
+    if not isinstance(device, str):
+        return f"device must be 'cpu' or 'cuda[:k]', got {device!r}"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        return f"device must be 'cpu' or 'cuda[:k]', got {device!r}"
+    if parsed.type not in ("cpu", "cuda"):
+        return f"device must be 'cpu' or 'cuda[:k]', got {device!r}"
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            return (f"device {device!r}: CUDA is not available to this torch ({torch.__version__}); "
+                    f"use device 'cpu'")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            return f"device {device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+    return None
 
 
 def default_batching(device: str) -> str:

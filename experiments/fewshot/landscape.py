@@ -12,16 +12,21 @@ weight, row ``j`` of a linear weight) of the direction is rescaled to the norm o
 ``j`` of ``theta``; batch-norm parameters and biases (one-dimensional) are zero in the
 directions (Li et al.'s ``ignore='biasbn'``).  The 1-D landscape is ``f(a, 0)``.
 
-``run(config) -> LandscapeResult`` computes; ``plot(result, path)`` draws the PNG (Agg).
+``run(config) -> LandscapeResult`` computes (reporting grid points done / total on stderr);
+``plot(result, path)`` draws the image (Agg).  ``plot_path(out)`` checks an output name before
+any work: its extension must be one matplotlib writes (``.png`` when it has none).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -30,7 +35,8 @@ from experiments.data import resolve_source, sample_episode
 from experiments.fewshot.checkpoint import load_checkpoint
 from experiments.fewshot.common import (STREAM_LANDSCAPE, derived_generator, episode_metrics,
                                         evaluation_episode_seed, split_episode)
-from experiments.fewshot.config import TrainConfig
+from experiments.fewshot.config import device_problem
+from experiments.fewshot.evaluate import checkpoint_config
 
 
 def normalize_filters(direction: Mapping[str, torch.Tensor],
@@ -78,6 +84,8 @@ class LandscapeConfig:
     two_d:       a 2-D contour plot instead of the 1-D curve.
     inner_steps: fine-tuning steps; None: the checkpoint's ``eval_inner_steps``.
     data_root:   Omniglot root; None: the checkpoint's.
+    device:      torch device of the computation; None: the checkpoint's if usable here,
+                 else cpu.  The directions are drawn on the CPU, so they do not depend on it.
     """
 
     checkpoint: str
@@ -90,6 +98,7 @@ class LandscapeConfig:
     two_d: bool = False
     inner_steps: int | None = None
     data_root: str | None = None
+    device: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.points, bool) or not isinstance(self.points, int) or self.points < 2:
@@ -100,6 +109,8 @@ class LandscapeConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.device is not None and device_problem(self.device) is not None:
+            raise ValueError(device_problem(self.device))
 
 
 @dataclass(frozen=True)
@@ -118,10 +129,45 @@ class LandscapeResult:
                 "algorithm": self.algorithm, "inner_steps": self.inner_steps}
 
 
-def run(config: LandscapeConfig) -> LandscapeResult:
-    """Evaluate ``f`` on the grid (see the module docstring)."""
+IMAGE_FORMATS = ("png", "pdf", "svg", "svgz", "eps", "ps", "jpg", "jpeg", "tif", "tiff", "webp")
+"""Extensions ``plot`` writes (those of matplotlib's Agg, PDF, SVG and PS backends)."""
+
+
+def plot_path(out: str | os.PathLike[str]) -> Path:
+    """The image file ``plot`` writes for ``--out out``: ``out`` itself, or ``out.png`` when it has
+    no extension; an extension matplotlib cannot write is a ``ValueError`` naming ``out``.
+    The numbers go beside it: ``plot_path(out).with_suffix(".json")``."""
+    path = Path(out)
+    if str(out) == "" or path.name in ("", ".", ".."):
+        raise ValueError(f"--out must name a file, got {str(out)!r}")
+    suffix = path.suffix[1:].lower()
+    if not suffix:
+        return path.with_name(path.name + ".png")
+    if suffix not in IMAGE_FORMATS:
+        raise ValueError(f"--out {str(out)!r}: the extension '.{suffix}' is not an image format plot "
+                         f"can write; use one of {', '.join('.' + f for f in IMAGE_FORMATS)} "
+                         "(no extension: .png)")
+    return path
+
+
+def _progress(done: int, total: int, seconds: float, final: bool = False) -> None:
+    """``landscape: k/n grid points (s)`` on stderr, rewritten in place on a terminal."""
+    text = f"landscape: {done}/{total} grid points ({seconds:.0f} s)"
+    if sys.stderr.isatty():
+        print(f"\r{text}".ljust(78), end="\n" if final else "", file=sys.stderr, flush=True)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
+def run(config: LandscapeConfig, progress: bool = True, notes: TextIO | None = None) -> LandscapeResult:
+    """Evaluate ``f`` on the grid (see the module docstring).
+
+    ``progress``: grid points done / total on stderr (on a terminal after every point,
+    rewritten in place; elsewhere a line every 10 s and one at the end).  ``notes``: stream
+    for notices (the checkpoint's device unusable here, so cpu is used)."""
     payload = load_checkpoint(config.checkpoint)
-    train_config = TrainConfig.from_dict(payload["config"])
+    train_config = checkpoint_config(payload["config"], config.device, notes)
+    device = train_config.device
     spec = config.source or train_config.source
     root = config.data_root if config.data_root is not None else train_config.data_root
     source = resolve_source(spec, config.part, root, train_config.image_size)
@@ -130,18 +176,34 @@ def run(config: LandscapeConfig) -> LandscapeResult:
     episode = sample_episode(source, train_config.ways, train_config.shots,
                              train_config.eval_queries or train_config.queries,
                              evaluation_episode_seed(config.seed, config.episode))
-    support, query = split_episode(episode)
+    support, query = split_episode(episode, device)
     theta = {k: v.float() for k, v in payload["params"].items()}
     generator = derived_generator(config.seed, STREAM_LANDSCAPE)
     d1 = random_direction(theta, generator)
     d2 = random_direction(theta, generator) if config.two_d else None
+    theta, d1 = ({k: v.to(device) for k, v in d.items()} for d in (theta, d1))
+    d2 = None if d2 is None else {k: v.to(device) for k, v in d2.items()}
     coords = tuple(float(c) for c in np.linspace(-config.span, config.span, config.points))
     needs_masks = algorithm.config.swp_keep is not None
 
+    total = config.points ** (2 if config.two_d else 1)
+    start = time.perf_counter()
+    counter = {"done": 0, "shown": start}
+
     def f(a: float, b: float) -> float:
+        value = loss_at(a, b)
+        counter["done"] += 1
+        now = time.perf_counter()
+        last = counter["done"] == total
+        if progress and (last or sys.stderr.isatty() or now - counter["shown"] >= 10.0):
+            counter["shown"] = now
+            _progress(counter["done"], total, now - start, last)
+        return value
+
+    def loss_at(a: float, b: float) -> float:
         moved = {k: theta[k] + a * d1[k] + (0.0 if d2 is None else b * d2[k]) for k in theta}
         # ESAM: the same SWP masks at every grid point, so the surface is one function
-        masks = derived_generator(config.seed, STREAM_LANDSCAPE, 1) if needs_masks else None
+        masks = derived_generator(config.seed, STREAM_LANDSCAPE, 1, device) if needs_masks else None
         return episode_metrics(algorithm, moved, support, query, masks)[0]
 
     if config.two_d:
@@ -152,12 +214,13 @@ def run(config: LandscapeConfig) -> LandscapeResult:
 
 
 def plot(result: LandscapeResult, path: str | os.PathLike[str]) -> Path:
-    """Write the PNG at ``path`` and the numbers beside it (same name, ``.json``)."""
+    """Write the image at :func:`plot_path` ``(path)`` and the numbers beside it (same name,
+    ``.json``); return the image's path (the file written, e.g. ``l4.png`` for ``l4``)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
+    path = plot_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     coords = np.asarray(result.coords)
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
