@@ -591,6 +591,11 @@ def meta_gradient(loss_fn: LossFn, params: Mapping[str, torch.Tensor], tasks: Ta
         (eq. 15 sums; take ``beta_up`` ``M`` times smaller to match it).
     """
     params = dict(params)
+    if cfg.adapt_names is not None:
+        missing = [n for n in cfg.adapt_names if n not in params]
+        if missing:
+            raise ValueError(f"adapt_names {missing} are not parameters of the model; its "
+                             f"parameters are {sorted(params)}")
     masks = _swp_masks(cfg, params, num_tasks(tasks), generator)
 
     if cfg.hvp == "finite-difference" or cfg.checkpoint:
