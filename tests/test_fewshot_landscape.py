@@ -134,8 +134,6 @@ def test_the_command_prints_the_files_it_wrote(checkpoint, tmp_path, capsys):
     assert (tmp_path / "l4.png").is_file()
 
 
-@pytest.mark.xfail(strict=True, reason="needs experiments/fewshot/commands.py's _run_landscape to call "
-                                       "landscape.plot_path(args.out) before run(config)")
 def test_the_command_refuses_a_bad_extension_before_computing(checkpoint, tmp_path, capsys, monkeypatch):
     import experiments.fewshot.landscape as landscape
     from experiments.cli import main

@@ -14,7 +14,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from experiments.cliutil import nonnegative_int, positive_float, positive_int
+from experiments.cliutil import nonnegative_int, positive_float, positive_int, thread_count
 from experiments.data import DATA_ENV, SPEC_FORMS
 from experiments.fewshot.common import PRECISIONS
 from experiments.fewshot.config import TrainConfig
@@ -53,7 +53,7 @@ _TRAIN_OPTIONS = {
     "iterations": (positive_int, "meta-iterations (MAML 5-way Omniglot metatrain_iterations)"),
     "seed": (nonnegative_int, "seed of the initial parameters and of the training episodes"),
     "device": (str, "torch device: cpu or cuda[:k]"),
-    "threads": (positive_int, "torch threads for this run; default: torch's choice"),
+    "threads": (thread_count, "torch threads for this run, at most 4 per core; default: torch's choice"),
     "task_batching": (str, "loop (task after task), vmap (vectorised over tasks) or auto "
                            "(loop on CPU, vmap on CUDA)"),
     "precision": (str, "float32; bf16 (torch.autocast with bfloat16: products in bfloat16, "
@@ -222,7 +222,9 @@ def _add_landscape(sub) -> None:
 
 
 def _run_landscape(args: argparse.Namespace) -> int:
-    from experiments.fewshot.landscape import LandscapeConfig, plot, run
+    from experiments.fewshot.landscape import LandscapeConfig, plot, plot_path, run
+
+    plot_path(args.out)   # a bad --out fails before the landscape is computed
     config = LandscapeConfig(checkpoint=args.checkpoint, source=args.source, part=args.part,
                              episode=args.episode, seed=args.seed, points=args.points, span=args.span,
                              two_d=args.two_d, inner_steps=args.inner_steps, data_root=args.data_root,

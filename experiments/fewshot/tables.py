@@ -52,7 +52,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from experiments.cliutil import Parser, positive_int
+from experiments.cliutil import Parser, positive_int, thread_count
 from experiments.fewshot.checkpoint import CHECKPOINT_NAME
 from experiments.fewshot.common import environment, keep_freed_memory
 from experiments.fewshot.config import TRAINING_FIELDS, TrainConfig
@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--miniimagenet", metavar="PATH", default=None,
                    help="mini-ImageNet root (see experiments.data.miniimagenet); tables 1-3 are skipped without it")
     p.add_argument("--data-root", metavar="DIR", default=None, help="directory holding omniglot/")
-    p.add_argument("--threads", type=positive_int, default=None,
+    p.add_argument("--threads", type=thread_count, default=None,
                    help="torch threads per run (default: torch's choice)")
     p.add_argument("--iterations", type=positive_int, default=None,
                    help="meta-iterations of every run, overriding the scale's (and the table's)")
