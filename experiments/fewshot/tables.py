@@ -277,7 +277,8 @@ def build_table(key: str, scale: Scale, out: Path, *, miniimagenet: str | None =
             "episodes": len(accuracies), "seeds": scale.seeds,
             "train_wall_s": sum(r["train_wall_s"] for r in per_seed),
             # per-process rate, so a resumed run's time is not counted twice
-            "s_per_it": sum(1 / r["it_per_s"] for r in per_seed) / len(per_seed),
+            "s_per_it": (sum(1 / r["it_per_s"] for r in per_seed) / len(per_seed)
+                         if all(r.get("it_per_s") for r in per_seed) else None),   # null: no timing
             "paper": paper["ours"].get(row.label), "paper_time": paper.get("time", {}).get(row.label),
             "runs": [r["checkpoint"] for r in per_seed],
             "settings": {k: per_seed[0]["config"][k] for k in ("ways", "shots", "queries", "hidden",
@@ -287,7 +288,8 @@ def build_table(key: str, scale: Scale, out: Path, *, miniimagenet: str | None =
     if table.timing and rows:
         base = next(r["s_per_it"] for r in rows if r["algorithm"] == "maml")
         for r in rows:
-            r["time_vs_maml"] = r["s_per_it"] / base if base > 0 else None
+            r["time_vs_maml"] = (r["s_per_it"] / base if base and r["s_per_it"] is not None
+                                 else None)
     report = {"table": key, "title": table.title, "reference": paper["reference"], "scale": scale.name,
               "data": note, "rows": rows, "paper_others": paper["others"], "environment": environment("cpu"),
               "ci": "95% CI = 1.96 * std(ddof=1) / sqrt(n) over the per-episode accuracies of all seeds",
@@ -314,7 +316,9 @@ def markdown(report: dict) -> str:
         paper = "-" if r["paper"] is None else f"{r['paper']:.2f}"
         line = f"| {r['label']} | {r['accuracy']:.2f} +- {ci} | {paper} |"
         if timing:
-            line += f" {r['s_per_it']:.3f} | x{r['time_vs_maml']:.2f} | " + ("-" if r["paper_time"] is None else f"x{r['paper_time']:.2f}") + " |"
+            s_it = "-" if r["s_per_it"] is None else f"{r['s_per_it']:.3f}"
+            vs = "-" if r["time_vs_maml"] is None else f"x{r['time_vs_maml']:.2f}"
+            line += f" {s_it} | {vs} | " + ("-" if r["paper_time"] is None else f"x{r['paper_time']:.2f}") + " |"
         lines.append(line)
     for name, value in report["paper_others"].items():
         lines.append(f"| {name} (paper only) | - | {value:.2f} |" + (" - | - | - |" if timing else ""))
