@@ -285,8 +285,10 @@ def markdown_table(results: list[StepResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` (its folder created), then rename it
+    over ``path``: a reader never sees half a file (also used by ``testbed verify``'s reports)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         umask = os.umask(0)
@@ -315,8 +317,8 @@ def write_table(results: list[StepResult], out_dir, budget: Budget | None = None
     header = (f"# Proof steps of {SOURCE}\n\n{partial}Budget: {document['budget']['description']}\n\n"
               f"Verdicts: {counts}\n\n")
     md_path, json_path = out / "proofs.md", out / "proofs.json"
-    _atomic_write(json_path, json.dumps(document, indent=1) + "\n")
-    _atomic_write(md_path, header + markdown_table(results))
+    atomic_write(json_path, json.dumps(document, indent=1) + "\n")
+    atomic_write(md_path, header + markdown_table(results))
     return md_path, json_path
 
 

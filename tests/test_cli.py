@@ -87,9 +87,9 @@ def test_thread_count_is_bounded_by_the_machine():
 
 
 def test_reports_are_readable_by_others_not_0600(tmp_path):
-    from experiments.claims.report import _atomic_write
+    from proofs_check.report import atomic_write
 
-    _atomic_write(tmp_path / "r.json", "{}")
+    atomic_write(tmp_path / "r.json", "{}")
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from experiments.claims.registry import VERDICTS, Claim, ClaimResult
+from proofs_check.report import atomic_write
 
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
 SCHEMA_VERSION = 2
@@ -95,21 +94,6 @@ def build_report(info: RunInfo, claims: list[Claim], results: list[ClaimResult],
         "selected": [c.id for c in claims], "counts": counts, "claims": entries}
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)   # mkstemp's 0600 would make a shared report private
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -143,5 +127,5 @@ def markdown(report: dict) -> str:
 
 def write(out_dir: Path, report: dict) -> None:
     """Write ``report.json`` and ``report.md`` atomically into ``out_dir``."""
-    _atomic_write(out_dir / "report.json", json.dumps(report, indent=1, allow_nan=False) + "\n")
-    _atomic_write(out_dir / "report.md", markdown(report))
+    atomic_write(out_dir / "report.json", json.dumps(report, indent=1, allow_nan=False) + "\n")
+    atomic_write(out_dir / "report.md", markdown(report))

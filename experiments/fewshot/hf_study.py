@@ -24,20 +24,19 @@ import torch.nn.functional as F
 
 from experiments.claims.report import git_commit
 from experiments.cliutil import Parser, comma_separated, positive_int, positive_int_list
-from experiments.fewshot.model import BLOCKS, batch_norm, conv4_forward
+from experiments.fewshot.model import conv4_forward
 from testbed import Tasks, algorithms
 
 DELTAS = (1e-2, 1e-3, 1e-4)
 
 
+def _softplus_avg_pool(h: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(F.softplus(h), 2)
+
+
 def smooth_conv4_forward(params, x: torch.Tensor) -> torch.Tensor:
     """Conv-4 with softplus and 2x2 average pooling: the same parameters, a smooth gradient."""
-    h = x
-    for i in range(1, BLOCKS + 1):
-        h = F.conv2d(h, params[f"conv{i}.weight"], padding=1)
-        h = batch_norm(h, params[f"bn{i}.weight"], params[f"bn{i}.bias"])
-        h = F.avg_pool2d(F.softplus(h), 2)
-    return F.linear(h.flatten(1), params["head.weight"], params["head.bias"])
+    return conv4_forward(params, x, squash=_softplus_avg_pool)
 
 
 MODELS = {"conv4 (ReLU, max-pool)": conv4_forward,
