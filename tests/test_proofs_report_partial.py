@@ -102,7 +102,10 @@ def test_ctrl_c_on_the_command_keeps_the_finished_steps_and_exits_130(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-m", "proofs_check", "--budget", "full", "--only", "proof.thm3",
                                 "--workers", "2", "--out", str(out)], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               # a suite run in the background inherits an ignored SIGINT;
+                               # Ctrl-C at a terminal is not ignored
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while _count_on_disk(out) is None and process.poll() is None and time.monotonic() < deadline:
