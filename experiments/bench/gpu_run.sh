@@ -34,7 +34,8 @@ WORK=${WORK:-$(mktemp -d)}
 mkdir -p "$OUT" "$WORK"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 shopt -s nullglob
-wheels=(.bench-wheels/*.whl .bench-wheels/*.tar.gz)
+WHEELS=${WHEELS:-.bench-wheels}
+wheels=("$WHEELS"/*.whl "$WHEELS"/*.tar.gz)
 if [ ${#wheels[@]} -gt 0 ]; then
     "$PY" -m pip install --no-deps --no-index --quiet "${wheels[@]}" 2>&1 | tail -2
 fi
