@@ -285,16 +285,23 @@ def markdown_table(results: list[StepResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _read_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()   # read once, at import: setting it to read it is not thread-safe
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path`` (its folder created), then rename it
     over ``path``: a reader never sees half a file (also used by ``testbed verify``'s reports)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)   # mkstemp's 0600 would make a shared report private
         with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)   # mkstemp's 0600 would make a report private
             f.write(text)
         os.replace(tmp, path)
     except BaseException:

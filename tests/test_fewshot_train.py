@@ -376,3 +376,26 @@ def test_a_missing_test_part_is_an_error_before_the_first_iteration(tmp_path, ca
     assert main(argv) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "'test' not found" in lines[0]
+
+
+def test_a_signal_while_results_are_written_waits_for_a_whole_results_file(toy, tmp_path, monkeypatch):
+    """SIGTERM after training and test, while results.json is built: the file is written
+    whole first, and the message names the checkpoint instead of "before training started"."""
+    import experiments.fewshot.train as T
+
+    real = T.TrainResult.to_dict
+    sent = []
+
+    def to_dict_then_signal(self, *args, **kwargs):
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(T.TrainResult, "to_dict", to_dict_then_signal)
+    with pytest.raises(TrainingInterrupted) as stop:
+        run(_tiny(toy, tmp_path / "run"), progress=None)
+    assert stop.value.exit_status == 143 and stop.value.saved == 2
+    assert "before training started" not in str(stop.value) and "iteration 2" in str(stop.value)
+    results = json.loads((tmp_path / "run" / RESULTS_NAME).read_text())
+    assert results["iterations"] == 2 and results["test"] is not None

@@ -488,10 +488,12 @@ def check_variance(ctx: Context, bound: Callable = eq34_sigma_tilde_sq) -> Claim
         nonlocal worst
         se = m * math.sqrt(2 / draws) * 3   # ~3 standard errors of a chi-square-like mean
         if m - se > b and worst is None:
+            query_noise = record["sigma"] > 0 and 4 * record["l1"] ** 2 < 1
             worst = {**record, "measured": m, "bound": b, "beta_low": BETA_LOW, "seed": ctx.seed,
-                     "why": "the first term of eq. (34) carries l1^2; Assumption 2 alone gives "
-                            "sigma^2 for the query-gradient noise, which exceeds 4 l1^2 sigma^2 "
-                            "when l1 < 1/2"}
+                     "why": ("the first term of eq. (34) carries l1^2; Assumption 2 alone gives "
+                             "sigma^2 for the query-gradient noise, which exceeds 4 l1^2 sigma^2 "
+                             "when l1 < 1/2") if query_noise else
+                            "the measured variance exceeds the right side of eq. (34)"}
 
     for label, fam in cases.items():
         c = fam.constants(radius=BALL) if isinstance(fam, QuadraticFamily) else fam.constants()

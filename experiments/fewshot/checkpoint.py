@@ -35,8 +35,9 @@ import os
 import pickle
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -45,14 +46,15 @@ CHECKPOINT_NAME = "checkpoint.pt"
 RNG_NOTE = "none saved: episodes come from (seed, iteration, task), SWP masks from (seed, iteration)"
 
 
-def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
-    """Write ``payload`` to ``path`` atomically (temporary file + ``os.replace``)."""
+def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(stream)`` on a temporary file beside ``path``, sync it, then rename it over
+    ``path``: a reader (or a run killed half-way) never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
-            torch.save({"format": CHECKPOINT_FORMAT, "rng": RNG_NOTE, **payload}, stream)
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, 0o644)  # mkstemp's 0600 would make results unreadable to others
@@ -60,6 +62,12 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Pa
     finally:
         Path(temporary).unlink(missing_ok=True)
     return path
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically (:func:`write_atomically`)."""
+    return write_atomically(
+        path, lambda stream: torch.save({"format": CHECKPOINT_FORMAT, "rng": RNG_NOTE, **payload}, stream))
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

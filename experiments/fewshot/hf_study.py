@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+from statistics import median
 from pathlib import Path
 
 import torch
@@ -102,10 +103,10 @@ def format_table(result: dict, hidden: int, dtype: str) -> str:
     for name, r in result.items():
         for d in deltas:
             w, t = sorted(r["meta-batch"][d]), sorted(r["per task"][d])
-            lines.append(f"{name} | {d:g} | {w[len(w) // 2]:.2e} [{w[0]:.1e}, {w[-1]:.1e}] | "
-                         f"{t[len(t) // 2]:.2e} [{t[0]:.1e}, {t[-1]:.1e}]")
+            lines.append(f"{name} | {d:g} | {median(w):.2e} [{w[0]:.1e}, {w[-1]:.1e}] | "
+                         f"{median(t):.2e} [{t[0]:.1e}, {t[-1]:.1e}]")
         f = sorted(r["first order"])
-        lines.append(f"{name}, FO-MAML (no Hessian term) | - | {f[len(f) // 2]:.2e} "
+        lines.append(f"{name}, FO-MAML (no Hessian term) | - | {median(f):.2e} "
                      f"[{f[0]:.1e}, {f[-1]:.1e}] | -")
     return "\n".join(lines)
 

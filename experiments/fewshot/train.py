@@ -46,7 +46,7 @@ import torch
 
 from experiments.data import FewShotSource, episode_batch, resolve_source
 from experiments.data.resolve import require_part_present
-from experiments.fewshot.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from experiments.fewshot.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, write_atomically
 from experiments.fewshot.common import (STREAM_INIT, STREAM_LOG_SWP, STREAM_SWP, as_tasks,
                                         derived_generator, environment, episode_metrics,
                                         precision_context)
@@ -352,8 +352,11 @@ def run(config: TrainConfig, *, resume: bool = False, progress: TextIO | None = 
         try:
             return _run(config, resume, progress, source, loss_fn, signals)
         except KeyboardInterrupt as interrupt:  # _Signalled, or a KeyboardInterrupt raised otherwise
-            message = getattr(interrupt, "message", None) or "interrupted before training started; nothing to save"
+            signals.deferring = True   # a second signal must not escape while this one is reported
             saved = _saved_iteration(Path(config.out) / CHECKPOINT_NAME)
+            message = getattr(interrupt, "message", None) or (
+                "interrupted before training started; nothing to save" if saved is None else
+                f"interrupted; the last checkpoint on disk is iteration {saved}, resume with --resume")
             raise TrainingInterrupted(message, 128 + _signum(interrupt), saved) from None
 
 
@@ -473,7 +476,8 @@ def _run(config: TrainConfig, resume: bool, progress: TextIO | None, source: Few
                        f"resume with --resume")
         raise _Signalled(_signum(interrupt), message) from None
     train_wall = prior_wall + time.perf_counter() - began if completed > start else prior_wall
-    bar.close()
+    with signals.deferred():
+        bar.close()
     test = None
     tested = time.perf_counter()
     if test_source is not None:
@@ -484,10 +488,12 @@ def _run(config: TrainConfig, resume: bool, progress: TextIO | None, source: Few
             raise _Signalled(_signum(interrupt), (
                 f"interrupted during the final test; training finished (iteration {config.iterations}, "
                 f"saved in {checkpoint}); resume with --resume to run the test")) from None
-    result = TrainResult(config=config, iterations=config.iterations, resumed_from=start,
-                         final_loss=final_loss, train_wall_s=train_wall,
-                         it_per_s=(config.iterations - timed_from) / train_wall if train_wall > 0 else None,
-                         test=test, checkpoint=str(checkpoint),
-                         test_wall_s=time.perf_counter() - tested, environment=env)
-    (out / RESULTS_NAME).write_text(json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
+    with signals.deferred():   # a signal now waits until results.json is whole on disk
+        result = TrainResult(config=config, iterations=config.iterations, resumed_from=start,
+                             final_loss=final_loss, train_wall_s=train_wall,
+                             it_per_s=(config.iterations - timed_from) / train_wall if train_wall > 0 else None,
+                             test=test, checkpoint=str(checkpoint),
+                             test_wall_s=time.perf_counter() - tested, environment=env)
+        text = json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
+        write_atomically(out / RESULTS_NAME, lambda stream: stream.write(text.encode()))
     return result
