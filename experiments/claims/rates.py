@@ -27,6 +27,7 @@ exponent (say ``-1``) must flip the verdict to *fails*.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -106,6 +107,24 @@ def _straddle_condition(unresolved: dict[str, dict], claimed: float) -> str:
             + " (more seeds or longer horizons needed)")
 
 
+def _slope_verdict(ctx: Context, bad: dict, unresolved: dict, claimed: float, measured: dict,
+                   tol: str, summary: str, *, plots: tuple[str, ...] = (),
+                   failed: Callable[[str], str] | None = None,
+                   where: dict | None = None) -> ClaimResult:
+    """The verdict of slope claims from :func:`classify_fits`'s split: fails on an interval
+    above the line (the worst one, ``failed(worst)`` as summary, ``where`` in the
+    counterexample), inconclusive on one straddling it, holds otherwise."""
+    if bad:
+        worst = max(bad, key=lambda k: bad[k]["ci_high"])
+        return ClaimResult("fails", measured, tol, failed(worst) if failed else summary,
+                           counterexample={"where": worst, "seed": ctx.seed, **(where or {}),
+                                           **bad[worst]}, plots=plots)
+    if unresolved:
+        return ClaimResult("inconclusive", measured, tol, summary,
+                           condition=_straddle_condition(unresolved, claimed), plots=plots)
+    return ClaimResult("holds", measured, tol, summary, plots=plots)
+
+
 def check_rate(ctx: Context, variant: str, schedule: str = "theorem",
                claimed: float = CLAIMED_EXPONENT) -> ClaimResult:
     """Does (1/T) sum ||grad F||^2 decay at least like T^claimed for ``variant``?"""
@@ -122,18 +141,11 @@ def check_rate(ctx: Context, variant: str, schedule: str = "theorem",
                 "threshold": claimed + SLOPE_TOL, "unresolved": sorted(unresolved),
                 "c_low": spec.c_low, "c_up": spec.c_up, "c_alpha": spec.c_alpha,
                 "alpha_low": spec.alpha_low, "sigma": SIGMA}
-    plot_files = ("thm1_rates.png",) if schedule == "theorem" else ("thm1_outside.png",)
-    if not bad and unresolved:
-        return ClaimResult("inconclusive", measured, tol, f"slopes {slopes}",
-                           condition=_straddle_condition(unresolved, claimed), plots=plot_files)
-    if not bad:
-        return ClaimResult("holds", measured, tol, f"slopes {slopes}", plots=plot_files)
-    worst = max(bad, key=lambda k: bad[k]["ci_high"])
-    return ClaimResult(
-        "fails", measured, tol, f"slopes {slopes}; {worst} decays slower than T^{claimed:g}",
-        counterexample={"where": worst, "seed": ctx.seed, "variant": variant,
-                        "schedule": schedule, **bad[worst]},
-        plots=("thm1_rates.png",) if schedule == "theorem" else ("thm1_outside.png",))
+    return _slope_verdict(
+        ctx, bad, unresolved, claimed, measured, tol, f"slopes {slopes}",
+        plots=("thm1_rates.png",) if schedule == "theorem" else ("thm1_outside.png",),
+        failed=lambda worst: f"slopes {slopes}; {worst} decays slower than T^{claimed:g}",
+        where={"variant": variant, "schedule": schedule})
 
 
 def _make_rate_claim(variant: str) -> None:
@@ -222,14 +234,7 @@ def check_multistep(ctx: Context, steps: int, claimed: float = CLAIMED_EXPONENT)
                + ", ".join(f"{k} {v:.2e}" for k, v in level.items())
                + f"; ||hess F_N|| at beta_low={SMOOTH_BETA}: " + ", ".join(
                    f"N={n} {v['measured']:.3f} (bound {v['bound']:.3f})" for n, v in smooth.items()))
-    if not bad and unresolved:
-        return ClaimResult("inconclusive", measured, tol, summary,
-                           condition=_straddle_condition(unresolved, claimed))
-    if not bad:
-        return ClaimResult("holds", measured, tol, summary)
-    worst = max(bad, key=lambda k: bad[k]["ci_high"])
-    return ClaimResult("fails", measured, tol, summary,
-                       counterexample={"where": worst, "seed": ctx.seed, **bad[worst]})
+    return _slope_verdict(ctx, bad, unresolved, claimed, measured, tol, summary)
 
 
 SMOOTH_BETA = 0.5
@@ -367,17 +372,9 @@ def check_alpha_low(ctx: Context, claimed: float = CLAIMED_EXPONENT) -> ClaimRes
                 "unresolved": sorted(unresolved), "horizons": list(spec.horizons),
                 "seeds": spec.seeds, "c_low": spec.c_low, "c_up": spec.c_up,
                 "c_alpha": spec.c_alpha, "sigma": SIGMA}
-    plot_files = ("thm1_alpha_low.png",)
-    if not bad and unresolved:
-        return ClaimResult("inconclusive", measured, tol, summary,
-                           condition=_straddle_condition(unresolved, claimed), plots=plot_files)
-    if not bad:
-        return ClaimResult("holds", measured, tol, summary, plots=plot_files)
-    worst = max(bad, key=lambda k: bad[k]["ci_high"])
-    return ClaimResult("fails", measured, tol,
-                       f"{worst} decays slower than T^{claimed:g}; " + summary,
-                       counterexample={"where": worst, "seed": ctx.seed, **bad[worst]},
-                       plots=plot_files)
+    return _slope_verdict(ctx, bad, unresolved, claimed, measured, tol, summary,
+                          plots=("thm1_alpha_low.png",),
+                          failed=lambda worst: f"{worst} decays slower than T^{claimed:g}; " + summary)
 
 
 register("thm1.alpha_low", "Theorem 1 (alpha_low = O(1)); Lemmas 3, 5",
