@@ -56,6 +56,17 @@ def comma_separated(parse, ok, what: str):
     return convert
 
 
+def step_progress(i: int, n: int, text: str, seconds: float | None) -> None:
+    """``[i/n] text`` on stderr for long work in steps: while a step runs (``seconds`` None)
+    the line is rewritten in place on a terminal only; when it ends, a finished line with its
+    time is printed everywhere (a log file keeps just those)."""
+    if seconds is None:
+        if sys.stderr.isatty():
+            print(f"\r[{i}/{n}] {text}".ljust(78), end="", file=sys.stderr, flush=True)
+        return
+    print(f"\r[{i}/{n}] {text} ({seconds:.1f} s)".ljust(78), file=sys.stderr, flush=True)
+
+
 def thread_count(text: str) -> int:
     """``--threads``: an integer from 1 to 4 per core of this machine (OpenMP fails to start
     tens of thousands of threads, and crashes the process doing so)."""

@@ -11,12 +11,12 @@ iteration count), so a long ``--iterations`` is never silent.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
+from experiments.cliutil import step_progress
 from synthetic import QuadraticFamily, TanhRegressionFamily
 from synthetic.closed_form import sharp_meta_gradient
 from testbed import algorithms, meta_objective, sgd_update
@@ -76,16 +76,6 @@ def _radii(name: str, config: DemoConfig) -> dict:
     return {"alpha_low": low, "alpha_up": up}
 
 
-def _progress(i: int, n: int, text: str, seconds: float | None) -> None:
-    """``[i/n] text`` on stderr: rewritten in place while running (terminals only), then a
-    finished line with the time (as ``testbed verify``)."""
-    if seconds is None:
-        if sys.stderr.isatty():
-            print(f"\r[{i}/{n}] {text}".ljust(78), end="", file=sys.stderr, flush=True)
-        return
-    print(f"\r[{i}/{n}] {text} ({seconds:.1f} s)".ljust(78), file=sys.stderr, flush=True)
-
-
 def run(config: DemoConfig, progress: bool = True) -> list[DemoRow]:
     """Every algorithm of :data:`ALGORITHMS` on ``config``'s family; ``progress``: report each
     algorithm on stderr as it runs (stdout stays free for the table or JSON)."""
@@ -103,7 +93,7 @@ def run(config: DemoConfig, progress: bool = True) -> list[DemoRow]:
     n = len(ALGORITHMS)
     for index, name in enumerate(ALGORITHMS, 1):
         if progress:
-            _progress(index, n, f"{name}: {config.iterations} meta-iterations ...", None)
+            step_progress(index, n, f"{name}: {config.iterations} meta-iterations ...", None)
         alg = algorithms.make(name, beta_low=config.beta_low, inner_steps=config.inner_steps,
                               **_radii(name, config))
         c = alg.config
@@ -119,7 +109,7 @@ def run(config: DemoConfig, progress: bool = True) -> list[DemoRow]:
             params = sgd_update(params, step.grad, config.beta_up)
             if progress and time.perf_counter() - shown > 0.5:
                 shown = time.perf_counter()
-                _progress(index, n, f"{name}: iteration {it + 1}/{config.iterations} ...", None)
+                step_progress(index, n, f"{name}: iteration {it + 1}/{config.iterations} ...", None)
         seconds = time.perf_counter() - start
         theta_T = params["theta"]
         rows.append(DemoRow(
@@ -131,7 +121,7 @@ def run(config: DemoConfig, progress: bool = True) -> list[DemoRow]:
             final_grad_norm=grad_F(theta_T).norm().item(),
             seconds=seconds))
         if progress:
-            _progress(index, n, f"{name}: F(theta_T) = {rows[-1].final_objective:.6g}, "
+            step_progress(index, n, f"{name}: F(theta_T) = {rows[-1].final_objective:.6g}, "
                                 f"|grad F(theta_T)| = {rows[-1].final_grad_norm:.2e}", seconds)
     return rows
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -11,15 +10,7 @@ from pathlib import Path
 
 from experiments.claims import registry, report
 from experiments.claims.registry import ClaimResult, Context, select
-
-
-def _progress(i: int, n: int, cid: str, seconds: float | None) -> None:
-    """``[i/n] id`` while a claim runs (terminals only), then its verdict and time."""
-    if seconds is None:
-        if sys.stderr.isatty():
-            print(f"\r[{i}/{n}] {cid} ...".ljust(78), end="", file=sys.stderr, flush=True)
-        return
-    print(f"\r[{i}/{n}] {cid} ({seconds:.1f} s)".ljust(78), file=sys.stderr, flush=True)
+from experiments.cliutil import step_progress
 
 
 def verify(out_dir: Path, *, quick: bool = True, only: Sequence[str] | None = None, seed: int = 0,
@@ -57,12 +48,12 @@ def verify(out_dir: Path, *, quick: bool = True, only: Sequence[str] | None = No
     try:
         for i, claim in enumerate(schedule):
             if progress:
-                _progress(i + 1, len(claims), claim.id, None)
+                step_progress(i + 1, len(claims), f"{claim.id} ...", None)
             t = time.perf_counter()
             result = claim.check(ctx)
             results.append(replace(result, id=claim.id, seconds=time.perf_counter() - t))
             if progress:
-                _progress(i + 1, len(claims), f"{claim.id}: {result.verdict}", results[-1].seconds)
+                step_progress(i + 1, len(claims), f"{claim.id}: {result.verdict}", results[-1].seconds)
             report.write(out_dir, report.build_report(info, claims, in_order(),
                                                       time.perf_counter() - start, False))
         complete = True
