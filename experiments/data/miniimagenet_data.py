@@ -145,21 +145,12 @@ def miniimagenet(
     root: str | os.PathLike[str], part: str = "train", image_size: int = DEFAULT_IMAGE_SIZE
 ) -> FewShotSource:
     """One part of mini-ImageNet from ``root`` in either layout (see the module docstring)."""
-    image_size = require_int("image_size", image_size, 1)
-    layout, path = locate(root, part)
-    if layout == "csv":
-        return _from_csv(path.parent, part, image_size)
-    return _from_pickle(path, part, image_size)
-
-
-def locate(root: str | os.PathLike[str], part: str) -> tuple[str, Path]:
-    """("csv" | "pickle", file) holding ``part`` under ``root``, without reading it: a run can
-    check at its start that the parts it will need at its end are there."""
     require_part(part)
+    image_size = require_int("image_size", image_size, 1)
     root = Path(root).expanduser()
     if (root / f"{part}.csv").is_file():
-        return "csv", root / f"{part}.csv"
+        return _from_csv(root, part, image_size)
     pickle_path = root / PICKLE_NAME.format(part=part)
     if pickle_path.is_file():
-        return "pickle", pickle_path
+        return _from_pickle(pickle_path, part, image_size)
     raise DataError(f"mini-ImageNet part {part!r} not found under {root}: {_layouts(root, part)}")

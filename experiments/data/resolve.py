@@ -60,16 +60,3 @@ def resolve_source(
             )
         return folder(root, image_size)
     raise DataError(f"unknown source spec {spec!r}; accepted forms: {', '.join(SPEC_FORMS)}")
-
-
-def require_part_present(spec: str, part: str, data_root: str | os.PathLike[str] | None = None) -> None:
-    """Raise DataError now if ``part`` of ``spec`` is missing, without loading it.
-
-    For mini-ImageNet, whose parts are separate user-supplied files; Omniglot's parts come
-    from the same zips as its training part, and a folder source falls back to its root."""
-    require_part(part)
-    kind, _, argument = str(spec).partition(":")
-    if kind == "miniimagenet" and argument:
-        from experiments.data.miniimagenet_data import locate
-
-        locate(argument, part)

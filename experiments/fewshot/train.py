@@ -45,7 +45,6 @@ from typing import Any, TextIO
 import torch
 
 from experiments.data import FewShotSource, episode_batch, resolve_source
-from experiments.data.resolve import require_part_present
 from experiments.fewshot.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, write_atomically
 from experiments.fewshot.common import (STREAM_INIT, STREAM_LOG_SWP, STREAM_SWP, as_tasks,
                                         derived_generator, environment, episode_metrics,
@@ -252,7 +251,6 @@ def _validated(path: Path, iteration: int) -> bool:
 def _evaluation_source(config: TrainConfig, part: str, image_shape: tuple[int, ...]) -> FewShotSource:
     """Part ``part`` of the source, checked now for what evaluating on it will need (classes,
     images per class, image shape), so that a bad setting fails before training, not after."""
-    require_part_present(config.source, part, config.data_root)
     source = resolve_source(config.source, part, config.data_root, config.image_size)
     if tuple(source.image_shape) != tuple(image_shape):
         raise ValueError(f"part {part!r} of {config.source!r} has images {tuple(source.image_shape)}, "
