@@ -271,16 +271,21 @@ def _top_fraction_weights(increase: torch.Tensor, fraction: float) -> torch.Tens
     return torch.zeros_like(increase).scatter(-1, idx, 1.0 / k)
 
 
+try:
+    from torch._C._functorch import is_functorch_wrapped_tensor, peek_interpreter_stack
+except ImportError:         # private API moved: answer "a transform may be active", stay functional
+    is_functorch_wrapped_tensor = peek_interpreter_stack = None
+
+
+def _no_transform_active() -> bool:
+    """True when no torch.func transform (vmap over tasks, an outer ``grad``) is running."""
+    return peek_interpreter_stack is not None and peek_interpreter_stack() is None
+
+
 def _plain_autograd_ok(cfg: SharpMAMLConfig) -> bool:
     """Whether a fine-tuning gradient may be one ``torch.autograd.grad``: no torch.func
-    transform is active (vmap over tasks, an outer ``grad``) and nothing is being compiled."""
-    if cfg.compile or torch.compiler.is_compiling():
-        return False
-    try:
-        from torch._C._functorch import peek_interpreter_stack
-    except ImportError:                                     # private API moved: stay functional
-        return False
-    return peek_interpreter_stack() is None
+    transform is active and nothing is being compiled."""
+    return not (cfg.compile or torch.compiler.is_compiling()) and _no_transform_active()
 
 
 def _step_grad(f: Callable, point: Mapping[str, torch.Tensor], plain: bool, *,
@@ -537,11 +542,7 @@ def _adjoint_pass(loss_fn: LossFn, cfg: SharpMAMLConfig, params, tasks: Tasks, *
 def _outermost(params: Mapping[str, torch.Tensor]) -> bool:
     """True when nothing differentiates through this call: no torch.func transform is active
     and no parameter takes part in a regular autograd graph."""
-    try:
-        from torch._C._functorch import is_functorch_wrapped_tensor, peek_interpreter_stack
-    except ImportError:                                     # private API moved: stay functional
-        return False
-    return peek_interpreter_stack() is None and not any(
+    return _no_transform_active() and not any(
         v.requires_grad or is_functorch_wrapped_tensor(v) for v in params.values())
 
 
