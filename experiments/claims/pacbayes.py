@@ -158,6 +158,20 @@ def _finetune_flat(th: torch.Tensor, x: torch.Tensor, xx: torch.Tensor, beta: fl
     return th - beta * g0, w, g0
 
 
+def _meta_grad(p: torch.Tensor, w: torch.Tensor, a: torch.Tensor, x: torch.Tensor,
+               xx: torch.Tensor, beta: float, s: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``1/M sum_m (I - beta hess L(p_m; D_m)) grad L(a_m; D_m)`` (eq. 10, one step) from the
+    Hessian point ``p``, its kernel weights ``w`` and the fine-tuned ``a``; also the weights at
+    ``a`` (for the loss there)."""
+    wa = _kernel_weights(a, x, xx, s)
+    ga = (wa.mean(-1, keepdim=True) * a - _weighted_mean_x(wa, x)) / s ** 2
+    # hess L(p; D_m) ga = mean_i w_i (ga / s^2 - r_i (r_i . ga) / s^4), r_i = p - x_i
+    c = w * ((p * ga).sum(-1, keepdim=True) - torch.einsum("bmnk,bpmk->bpmn", x, ga))
+    hv = (w.mean(-1, keepdim=True) * ga / s ** 2
+          - (c.mean(-1, keepdim=True) * p - _weighted_mean_x(c, x)) / s ** 4)
+    return (ga - beta * hv).mean(-2), wa
+
+
 def objective_and_grad(theta: torch.Tensor, x: torch.Tensor, beta: float = BETA_LOW,
                        s: float = S_WIDTH, value_only: bool = False):
     """``F(theta; D) = 1/M sum_m L(A(theta; D_m); D_m)`` and its gradient (eq. 30), fused.
@@ -170,17 +184,12 @@ def objective_and_grad(theta: torch.Tensor, x: torch.Tensor, beta: float = BETA_
     xx = (x * x).sum(-1)
     th = flat.unsqueeze(-2)                                     # [B, P, 1, k]
     a, w, _ = _finetune_flat(th, x, xx, beta, s)
-    wa = _kernel_weights(a, x, xx, s)
-    value = 1.0 - wa.mean(-1)                                   # [B, P, M]
     B, k = theta.shape[0], theta.shape[-1]
     if value_only:
-        return value.mean(-1).reshape(B, *mid)
-    ga = (wa.mean(-1, keepdim=True) * a - _weighted_mean_x(wa, x)) / s ** 2
-    # hess L(theta; D_m) ga = mean_i w_i (ga / s^2 - r_i (r_i . ga) / s^4), r_i = theta - x_i
-    c = w * ((th * ga).sum(-1, keepdim=True) - torch.einsum("bmnk,bpmk->bpmn", x, ga))
-    hv = (w.mean(-1, keepdim=True) * ga / s ** 2
-          - (c.mean(-1, keepdim=True) * th - _weighted_mean_x(c, x)) / s ** 4)
-    grad = (ga - beta * hv).mean(-2)
+        wa = _kernel_weights(a, x, xx, s)
+        return (1.0 - wa.mean(-1)).mean(-1).reshape(B, *mid)
+    grad, wa = _meta_grad(th, w, a, x, xx, beta, s)
+    value = 1.0 - wa.mean(-1)                                   # [B, P, M]
     return value.mean(-1).reshape(B, *mid), grad.reshape(B, *mid, k)
 
 
@@ -1012,15 +1021,8 @@ def sharp_meta_grad(theta: torch.Tensor, x: torch.Tensor, eps_m: torch.Tensor, b
     xx = (x * x).sum(-1)
     th = theta[:, None, None, :]                                 # [B, 1, 1, k]
     p = th + eps_m[:, None]                                      # [B, 1, M, k]
-    w = _kernel_weights(p, x, xx, s)
-    gp = (w.mean(-1, keepdim=True) * p - _weighted_mean_x(w, x)) / s ** 2
-    a = th - beta * gp
-    wa = _kernel_weights(a, x, xx, s)
-    ga = (wa.mean(-1, keepdim=True) * a - _weighted_mean_x(wa, x)) / s ** 2
-    c = w * ((p * ga).sum(-1, keepdim=True) - torch.einsum("bmnk,bpmk->bpmn", x, ga))
-    hv = (w.mean(-1, keepdim=True) * ga / s ** 2
-          - (c.mean(-1, keepdim=True) * p - _weighted_mean_x(c, x)) / s ** 4)
-    return (ga - beta * hv).mean(-2)[:, 0]
+    _, w, gp = _finetune_flat(p, x, xx, beta, s)                 # gradient at p, step from theta
+    return _meta_grad(p, w, th - beta * gp, x, xx, beta, s)[0][:, 0]
 
 
 def train_sharp_maml(x: torch.Tensor, *, alpha_up: float, alpha_low: float, steps: int = TRAIN_STEPS,
@@ -1038,9 +1040,7 @@ def train_sharp_maml(x: torch.Tensor, *, alpha_up: float, alpha_low: float, step
     xx = (x * x).sum(-1)
     for _ in range(steps):
         if alpha_low > 0:
-            th = theta[:, None, None, :]
-            w = _kernel_weights(th, x, xx, s)
-            g_m = ((w.mean(-1, keepdim=True) * th - _weighted_mean_x(w, x)) / s ** 2)[:, 0]   # [B, M, k]
+            g_m = _finetune_flat(theta[:, None, None, :], x, xx, beta, s)[2][:, 0]   # [B, M, k]
             eps_m = alpha_low * _unit(g_m)
         else:
             eps_m = torch.zeros(x.shape[:2] + x.shape[-1:], dtype=x.dtype)
