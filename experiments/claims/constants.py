@@ -216,22 +216,18 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return torch.where(n > 0, v / torch.where(n > 0, n, 1.0), torch.zeros_like(v))
 
 
-def sharp_biases(family, theta: torch.Tensor, beta: float, a_low: float, a_up: float):
-    """Per task ``||g_hat - g||`` and ``||H_hat - H||`` at ``theta`` (Lemma 5, N = 1).
-
-    ``g_hat = grad L(theta + eps + eps_m) - eps / beta`` and
-    ``H_hat = hess L(theta + eps + eps_m)``, with ``eps_m`` from eq. (11) and
-    ``eps`` from eq. (13), as in the rewriting of Sharp-MAML_both in App. C.3.
-    """
-    h = batched_sharp_meta_gradient(family, theta, beta_low=beta, alpha_low=a_low)
-    eps = a_up * _unit(h)
-    eps_m = a_low * _unit(family.gradient(theta, "support"))
-    point = theta + eps + eps_m
-    g_hat = family.gradient(point, "support") - eps / beta
-    dg = (g_hat - family.gradient(theta, "support")).norm(dim=-1)
-    dH = torch.linalg.matrix_norm(family.hessian(point, "support") - family.hessian(theta, "support"),
-                                  ord=2)
+def _estimator_biases(family, g_hat, H_hat, pts) -> tuple[torch.Tensor, torch.Tensor]:
+    """``||g_hat - grad L||`` and ``||H_hat - hess L||_2`` per point and task (Assumption 4)."""
+    dg = (g_hat - family.gradient(pts, "support")).norm(dim=-1)
+    dH = torch.linalg.matrix_norm(H_hat - family.hessian(pts, "support"), ord=2)
     return dg, dH
+
+
+def sharp_biases(family, theta: torch.Tensor, beta: float, a_low: float, a_up: float):
+    """Per task ``||g_hat - g||`` and ``||H_hat - H||`` at ``theta`` ``[d]`` (Lemma 5, N = 1),
+    for the Sharp estimator of :func:`sharp_estimator` (App. C.3)."""
+    dg, dH = _estimator_biases(family, *sharp_estimator(family, theta[None], beta, a_low, a_up))
+    return dg[0], dH[0]
 
 
 def lemma5_bounds(c, beta: float, a_low: float, a_up: float) -> tuple[float, float]:
@@ -315,8 +311,7 @@ def lemma3_bias_sq(family, thetas: torch.Tensor, beta: float, a_low: float, a_up
     """
     K, M, d = thetas.shape[0], family.num_tasks, family.dim
     g_hat, H_hat, pts = sharp_estimator(family, thetas, beta, a_low, a_up)
-    gamma_g = (g_hat - family.gradient(pts, "support")).norm(dim=-1).amax(-1)
-    gamma_h = torch.linalg.matrix_norm(H_hat - family.hessian(pts, "support"), ord=2).amax(-1)
+    gamma_g, gamma_h = (b.amax(-1) for b in _estimator_biases(family, g_hat, H_hat, pts))
     exact = batched_sharp_meta_gradient(family, thetas, beta_low=beta)
     n = 1 if sigma_b == 0 else draws
     z = torch.randn(n, K, M, d, generator=gen, dtype=family.dtype) * (sigma_b / math.sqrt(d))
