@@ -152,6 +152,12 @@ class SharpMAMLConfig:
                  --compile``.
     compile_mode: ``torch.compile``'s ``mode`` (:data:`COMPILE_MODES`):
                  "reduce-overhead" replays CUDA graphs on CUDA devices.
+    cuda_graph:  capture the whole meta-gradient (every task, both passes of
+                 Sharp-MAML_up/both) in one CUDA graph on its first call and replay it
+                 on later calls with the same configuration, loss and shapes
+                 (:mod:`testbed.cudagraph`): one launch per meta-iteration instead of
+                 thousands, with the peak memory of the eager call.  CUDA tensors only;
+                 the result is a constant (not differentiable further).
     task_batching: "vmap" (one vectorised call over tasks) or "loop".
     """
 
@@ -170,6 +176,7 @@ class SharpMAMLConfig:
     checkpoint: bool = False
     compile: bool = False
     compile_mode: str = "default"
+    cuda_graph: bool = False
     task_batching: str = field(default="vmap")
 
     def __post_init__(self) -> None:
@@ -197,6 +204,10 @@ class SharpMAMLConfig:
                 f"task_batching={self.task_batching!r}, hvp={self.hvp!r}, "
                 f"checkpoint={self.checkpoint!r}, "
                 f"differentiate_perturbations={self.differentiate_perturbations!r})")
+        if self.cuda_graph and self.compile:
+            raise ValueError("cuda_graph=True captures the eager meta-gradient in one CUDA graph; "
+                             "compile=True compiles it instead (its 'reduce-overhead' mode makes "
+                             "its own graphs): choose one")
         if self.checkpoint and self.differentiate_perturbations:
             raise ValueError("checkpoint=True computes eq. (10) with constant perturbations "
                              "by an adjoint sweep; it cannot differentiate_perturbations=True")
@@ -633,7 +644,16 @@ def meta_gradient(loss_fn: LossFn, params: Mapping[str, torch.Tensor], tasks: Ta
             raise ValueError(f"adapt_names {missing} are not parameters of the model; its "
                              f"parameters are {sorted(params)}")
     masks = _swp_masks(cfg, params, num_tasks(tasks), generator)
+    if cfg.cuda_graph:
+        from testbed import cudagraph
+        return cudagraph.replay(_meta_gradient, loss_fn, params, tasks, cfg, masks)
+    return _meta_gradient(loss_fn, params, tasks, cfg, masks)
 
+
+def _meta_gradient(loss_fn: LossFn, params: dict, tasks: Tasks, cfg: SharpMAMLConfig,
+                   masks: dict) -> MetaGradient:
+    """:func:`meta_gradient` after its checks, with the SWP masks drawn (the unit that
+    ``cuda_graph=True`` captures: it reads no tensor value on the host)."""
     if cfg.hvp == "finite-difference" or cfg.checkpoint:
         h, value, plans = _adjoint_pass(loss_fn, cfg, params, tasks, masks=masks)
         if cfg.alpha_up == 0:

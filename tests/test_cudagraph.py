@@ -1,0 +1,134 @@
+"""``cuda_graph=True``: the static-buffer plumbing around a captured meta-gradient.
+
+CUDA graph capture itself needs a GPU (``tests/test_gpu.py``).  Here the capture is replaced
+by an eager stand-in with a graph's contract: it runs the function once at capture, and a
+replay reruns it and writes into the *same* output tensors.  A call that read its inputs from
+anywhere but the static buffers, returned the static outputs themselves, or reused a graph
+across layouts would give wrong numbers here as on a GPU."""
+
+import pytest
+import torch
+
+from experiments.bench import fewshot
+from experiments.fewshot.model import HEAD_NAMES, cross_entropy_loss
+from testbed import algorithms, cudagraph, meta
+
+TINY = fewshot.Setting("tiny", ways=3, shots=1, queries=2, image_size=16, channels=1,
+                       inner_steps=2, meta_batch=2, beta_low=0.3, hidden=4)
+
+
+def _eager_capture(fn, device):
+    out = fn()
+
+    def replay():
+        new = fn()
+        for s, n in zip(meta._leaves(out), meta._leaves(new)):
+            s.copy_(n)
+    return out, replay, None
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    monkeypatch.setattr(cudagraph, "_DEVICE_TYPE", "cpu")
+    monkeypatch.setattr(cudagraph, "_capture", _eager_capture)
+    cudagraph.clear()
+    yield
+    cudagraph.clear()
+
+
+def _alg(name, graphed, batching="loop"):
+    alg = algorithms.make(name, beta_low=0.3, inner_steps=2, task_batching=batching,
+                          head_names=HEAD_NAMES if "anil" in name else None)
+    return algorithms.with_config(alg, cuda_graph=graphed)
+
+
+def _close(a: meta.MetaGradient, b: meta.MetaGradient):
+    for k in a.grad:
+        torch.testing.assert_close(a.grad[k], b.grad[k], rtol=0, atol=1e-12)
+    torch.testing.assert_close(a.loss, b.loss, rtol=0, atol=1e-12)
+    assert (a.eps is None) == (b.eps is None)
+    if a.eps is not None:
+        for k in a.eps:
+            torch.testing.assert_close(a.eps[k], b.eps[k], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("batching", ["loop", "vmap"])
+@pytest.mark.parametrize("name", ["maml", "sharp-both", "esharp-anil"])
+def test_replays_give_the_eager_meta_gradient_for_new_inputs(stand_in, name, batching):
+    graphed, eager = _alg(name, True, batching), _alg(name, False, batching)
+    before = cudagraph.counts()
+    for seed in (0, 1, 2):        # new parameters, data and SWP masks on every call
+        params, tasks = fewshot.make_problem(TINY, dtype=torch.float64, seed=seed)
+        got = graphed.meta_gradient(cross_entropy_loss, params, tasks,
+                                    generator=torch.Generator().manual_seed(seed))
+        want = eager.meta_gradient(cross_entropy_loss, params, tasks,
+                                   generator=torch.Generator().manual_seed(seed))
+        _close(got, want)
+    after = cudagraph.counts()
+    assert after["captures"] - before["captures"] == 1
+    assert after["replays"] - before["replays"] == 3
+
+
+def test_outputs_are_copies_that_the_next_replay_leaves_alone(stand_in):
+    alg = _alg("sharp-up", True)
+    p0, t0 = fewshot.make_problem(TINY, dtype=torch.float64, seed=0)
+    p1, t1 = fewshot.make_problem(TINY, dtype=torch.float64, seed=1)
+    first = alg.meta_gradient(cross_entropy_loss, p0, t0)
+    kept = {k: v.clone() for k, v in first.grad.items()}
+    alg.meta_gradient(cross_entropy_loss, p1, t1)
+    for k in kept:
+        assert torch.equal(first.grad[k], kept[k])
+    # nor does the caller's use of its result reach into the graph's buffers
+    first.grad["head.bias"].add_(1.0)
+    _close(alg.meta_gradient(cross_entropy_loss, p0, t0),
+           _alg("sharp-up", False).meta_gradient(cross_entropy_loss, p0, t0))
+
+
+def test_a_new_layout_or_configuration_captures_again(stand_in):
+    params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
+    before = cudagraph.counts()["captures"]
+    _alg("maml", True).meta_gradient(cross_entropy_loss, params, tasks)
+    _alg("maml", True).meta_gradient(cross_entropy_loss, params, tasks)       # equal config: reused
+    assert cudagraph.counts()["captures"] == before + 1
+    _alg("sharp-low", True).meta_gradient(cross_entropy_loss, params, tasks)
+    assert cudagraph.counts()["captures"] == before + 2
+    p32 = {k: v.float() for k, v in params.items()}
+    t32 = meta.Tasks(*({k: v.float() if v.is_floating_point() else v for k, v in part.items()}
+                       for part in tasks))
+    _alg("maml", True).meta_gradient(cross_entropy_loss, p32, t32)
+    assert cudagraph.counts()["captures"] == before + 3
+    bigger = fewshot.make_problem(fewshot.replace(TINY, meta_batch=3), dtype=torch.float64)
+    got = _alg("maml", True).meta_gradient(cross_entropy_loss, *bigger)
+    assert cudagraph.counts()["captures"] == before + 4
+    _close(got, _alg("maml", False).meta_gradient(cross_entropy_loss, *bigger))
+
+
+def test_the_cache_keeps_at_most_max_graphs(stand_in, monkeypatch):
+    monkeypatch.setattr(cudagraph, "MAX_GRAPHS", 2)
+    params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
+    for name in ("maml", "sharp-low", "sharp-up"):
+        _alg(name, True).meta_gradient(cross_entropy_loss, params, tasks)
+    assert len(cudagraph._GRAPHS) == 2
+    before = cudagraph.counts()["captures"]
+    _alg("sharp-up", True).meta_gradient(cross_entropy_loss, params, tasks)   # still cached
+    assert cudagraph.counts()["captures"] == before
+    _alg("maml", True).meta_gradient(cross_entropy_loss, params, tasks)       # evicted first
+    assert cudagraph.counts()["captures"] == before + 1
+
+
+def test_cpu_tensors_are_refused_with_the_device_named():
+    params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
+    with pytest.raises(ValueError, match="one CUDA device; they are on cpu"):
+        _alg("maml", True).meta_gradient(cross_entropy_loss, params, tasks)
+
+
+def test_differentiating_through_a_graphed_meta_gradient_is_refused(stand_in):
+    params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
+    params = {k: v.requires_grad_(True) for k, v in params.items()}
+    with pytest.raises(ValueError, match="constant meta-gradient"):
+        _alg("maml", True).meta_gradient(cross_entropy_loss, params, tasks)
+
+
+def test_cuda_graph_and_compile_are_exclusive():
+    with pytest.raises(ValueError, match="choose one"):
+        meta.SharpMAMLConfig(beta_low=0.1, cuda_graph=True, compile=True, task_batching="loop")
