@@ -59,6 +59,11 @@ def clear() -> None:
     _GRAPHS.clear()
 
 
+def supported(device: str | torch.device) -> bool:
+    """Whether tensors on ``device`` can be captured (CUDA devices)."""
+    return torch.device(device).type == _DEVICE_TYPE
+
+
 def counts() -> dict[str, int]:
     """How many captures and replays this process has made (a capture is also replayed)."""
     return dict(_COUNTS)

@@ -25,3 +25,30 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def eager_capture(fn, device):
+    """A stand-in for CUDA graph capture with a graph's contract: the function runs once at
+    capture, and a replay runs it again writing into the *same* output tensors."""
+    from testbed import meta
+
+    out = fn()
+
+    def replay():
+        new = fn()
+        for s, n in zip(meta._leaves(out), meta._leaves(new)):
+            s.copy_(n)
+    return out, replay, None
+
+
+@pytest.fixture
+def cuda_graph_stand_in(monkeypatch):
+    """``cuda_graph=True`` on the CPU, through :func:`eager_capture` (tests of the plumbing
+    around the capture; the capture itself is tested on a GPU, tests/test_gpu.py)."""
+    from testbed import cudagraph
+
+    monkeypatch.setattr(cudagraph, "_DEVICE_TYPE", "cpu")
+    monkeypatch.setattr(cudagraph, "_capture", eager_capture)
+    cudagraph.clear()
+    yield cudagraph
+    cudagraph.clear()

@@ -1,8 +1,9 @@
 """``cuda_graph=True``: the static-buffer plumbing around a captured meta-gradient.
 
 CUDA graph capture itself needs a GPU (``tests/test_gpu.py``).  Here the capture is replaced
-by an eager stand-in with a graph's contract: it runs the function once at capture, and a
-replay reruns it and writes into the *same* output tensors.  A call that read its inputs from
+by an eager stand-in with a graph's contract (``cuda_graph_stand_in`` in tests/conftest.py):
+it runs the function once at capture, and a replay reruns it and writes into the *same*
+output tensors.  A call that read its inputs from
 anywhere but the static buffers, returned the static outputs themselves, or reused a graph
 across layouts would give wrong numbers here as on a GPU."""
 
@@ -15,25 +16,6 @@ from testbed import algorithms, cudagraph, meta
 
 TINY = fewshot.Setting("tiny", ways=3, shots=1, queries=2, image_size=16, channels=1,
                        inner_steps=2, meta_batch=2, beta_low=0.3, hidden=4)
-
-
-def _eager_capture(fn, device):
-    out = fn()
-
-    def replay():
-        new = fn()
-        for s, n in zip(meta._leaves(out), meta._leaves(new)):
-            s.copy_(n)
-    return out, replay, None
-
-
-@pytest.fixture
-def stand_in(monkeypatch):
-    monkeypatch.setattr(cudagraph, "_DEVICE_TYPE", "cpu")
-    monkeypatch.setattr(cudagraph, "_capture", _eager_capture)
-    cudagraph.clear()
-    yield
-    cudagraph.clear()
 
 
 def _alg(name, graphed, batching="loop"):
@@ -54,7 +36,7 @@ def _close(a: meta.MetaGradient, b: meta.MetaGradient):
 
 @pytest.mark.parametrize("batching", ["loop", "vmap"])
 @pytest.mark.parametrize("name", ["maml", "sharp-both", "esharp-anil"])
-def test_replays_give_the_eager_meta_gradient_for_new_inputs(stand_in, name, batching):
+def test_replays_give_the_eager_meta_gradient_for_new_inputs(cuda_graph_stand_in, name, batching):
     graphed, eager = _alg(name, True, batching), _alg(name, False, batching)
     before = cudagraph.counts()
     for seed in (0, 1, 2):        # new parameters, data and SWP masks on every call
@@ -69,7 +51,7 @@ def test_replays_give_the_eager_meta_gradient_for_new_inputs(stand_in, name, bat
     assert after["replays"] - before["replays"] == 3
 
 
-def test_outputs_are_copies_that_the_next_replay_leaves_alone(stand_in):
+def test_outputs_are_copies_that_the_next_replay_leaves_alone(cuda_graph_stand_in):
     alg = _alg("sharp-up", True)
     p0, t0 = fewshot.make_problem(TINY, dtype=torch.float64, seed=0)
     p1, t1 = fewshot.make_problem(TINY, dtype=torch.float64, seed=1)
@@ -84,7 +66,7 @@ def test_outputs_are_copies_that_the_next_replay_leaves_alone(stand_in):
            _alg("sharp-up", False).meta_gradient(cross_entropy_loss, p0, t0))
 
 
-def test_a_new_layout_or_configuration_captures_again(stand_in):
+def test_a_new_layout_or_configuration_captures_again(cuda_graph_stand_in):
     params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
     before = cudagraph.counts()["captures"]
     _alg("maml", True).meta_gradient(cross_entropy_loss, params, tasks)
@@ -103,7 +85,7 @@ def test_a_new_layout_or_configuration_captures_again(stand_in):
     _close(got, _alg("maml", False).meta_gradient(cross_entropy_loss, *bigger))
 
 
-def test_the_cache_keeps_at_most_max_graphs(stand_in, monkeypatch):
+def test_the_cache_keeps_at_most_max_graphs(cuda_graph_stand_in, monkeypatch):
     monkeypatch.setattr(cudagraph, "MAX_GRAPHS", 2)
     params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
     for name in ("maml", "sharp-low", "sharp-up"):
@@ -122,7 +104,7 @@ def test_cpu_tensors_are_refused_with_the_device_named():
         _alg("maml", True).meta_gradient(cross_entropy_loss, params, tasks)
 
 
-def test_differentiating_through_a_graphed_meta_gradient_is_refused(stand_in):
+def test_differentiating_through_a_graphed_meta_gradient_is_refused(cuda_graph_stand_in):
     params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
     params = {k: v.requires_grad_(True) for k, v in params.items()}
     with pytest.raises(ValueError, match="constant meta-gradient"):

@@ -336,6 +336,34 @@ def test_gradient_checkpointing_trains_the_same_parameters(toy, tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
 
 
+@pytest.mark.parametrize("name", ["sharp-up", "esharp"])
+def test_cuda_graph_trains_the_same_parameters(name, toy, tmp_path, request):
+    """With the eager stand-in capture (tests/conftest.py): one capture, one replay per
+    iteration (SWP masks copied in each time), and the eager run's parameters."""
+    common = dict(algorithm=name, iterations=3, inner_steps=2, task_batching="loop", eval_episodes=0)
+    run(_tiny(toy, tmp_path / "eager", **common), progress=None)
+    cudagraph = request.getfixturevalue("cuda_graph_stand_in")
+    before = cudagraph.counts()
+    run(_tiny(toy, tmp_path / "graphed", cuda_graph=True, **common), progress=None)
+    after = cudagraph.counts()
+    assert (after["captures"] - before["captures"], after["replays"] - before["replays"]) == (1, 3)
+    a = load_checkpoint(tmp_path / "eager" / CHECKPOINT_NAME)["params"]
+    b = load_checkpoint(tmp_path / "graphed" / CHECKPOINT_NAME)["params"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_cuda_graph_needs_cuda_and_a_maml_type_algorithm(toy, tmp_path, capsys, monkeypatch):
+    with pytest.raises(ValueError, match="on device 'cpu'"):
+        _tiny(toy, tmp_path, cuda_graph=True)
+    assert main(["train", "--source", toy, "--cuda-graph", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--no-cuda-graph" in err[0] and "Traceback" not in err[0]
+    from testbed import cudagraph
+    monkeypatch.setattr(cudagraph, "_DEVICE_TYPE", "cpu")     # past the device check
+    with pytest.raises(ValueError, match="'reptile' has its own update rule"):
+        _tiny(toy, tmp_path, cuda_graph=True, algorithm="reptile")
+
+
 def test_tf32_needs_cuda(toy, tmp_path):
     with pytest.raises(ValueError, match="tf32"):
         _tiny(toy, tmp_path, precision="tf32")

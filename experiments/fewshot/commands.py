@@ -101,6 +101,12 @@ def _add_train(sub) -> None:
                         "step in the backward sweep: the same meta-gradient with memory for one "
                         "inner step instead of --inner-steps (about one more forward and backward "
                         "per step)")
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction,
+                   help="CUDA only: capture each meta-gradient in one CUDA graph on the first "
+                        "iteration and replay it on the others (same numbers, without launching "
+                        "thousands of small kernels per iteration; testbed bench fewshot "
+                        "--cuda-graph measures the gain); --no-cuda-graph turns it off when "
+                        "resuming such a run elsewhere (default: off)")
     _add_data_root(p)
     p.add_argument("--resume", action="store_true", default=False,
                    help="continue from OUT/checkpoint.pt (its training settings must match)")

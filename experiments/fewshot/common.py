@@ -72,17 +72,21 @@ def build_algorithm(name: str, *, beta_low: float, inner_steps: int, alpha_low: 
                     alpha_up: float | None = None, swp_keep: float | None = None,
                     sds_fraction: float | None = None, sam_alpha: float | None = None,
                     first_order: bool = False, task_batching: str = "vmap",
-                    checkpoint: bool = False) -> Algorithm:
+                    checkpoint: bool = False, cuda_graph: bool = False) -> Algorithm:
     """``testbed.algorithms.make`` for Conv-4: the ANIL variants adapt :data:`HEAD_NAMES`.
 
-    ``checkpoint`` (gradient checkpointing) applies to the MAML-type algorithms; for the
-    others (reptile, imaml, sam, agnostic-sam), which keep no inner-loop graph, it is ignored.
+    ``checkpoint`` (gradient checkpointing) and ``cuda_graph`` (the meta-gradient replayed
+    from a captured CUDA graph) apply to the MAML-type algorithms; for the others (reptile,
+    imaml, sam, agnostic-sam), which keep no inner-loop graph, they are ignored.
     """
-    return algorithms.make(
+    alg = algorithms.make(
         name, beta_low=beta_low, inner_steps=inner_steps, alpha_low=alpha_low, alpha_up=alpha_up,
         head_names=HEAD_NAMES, swp_keep=swp_keep, sds_fraction=sds_fraction, sam_alpha=sam_alpha,
         first_order=first_order, task_batching=task_batching,
         checkpoint=checkpoint and name in algorithms.CHECKPOINTABLE)
+    if cuda_graph and name in algorithms.CHECKPOINTABLE:
+        alg = algorithms.with_config(alg, cuda_graph=True)
+    return alg
 
 PRECISIONS = ("float32", "bf16", "tf32")
 

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from experiments.fewshot.common import PRECISIONS, build_algorithm
+from testbed import cudagraph
 from testbed import validate as V
-from testbed.algorithms import NAMES, Algorithm
+from testbed.algorithms import CHECKPOINTABLE, NAMES, Algorithm
 from testbed.meta import BATCHING
 
 # Fields that change the numbers a run produces; a resumed run must keep them.
@@ -73,6 +74,12 @@ class TrainConfig:
     gradient_checkpointing: keep only each fine-tuning step's point, not its graph, and
                    recompute each step in the backward sweep (``checkpoint=True`` of the core):
                    the same meta-gradient in memory for one step instead of ``inner_steps``.
+    cuda_graph:    capture each meta-gradient in one CUDA graph on the first iteration and
+                   replay it on the others (``cuda_graph=True`` of the core,
+                   :mod:`testbed.cudagraph`): the same numbers without the host's cost of
+                   launching thousands of small kernels per iteration.  CUDA only; the
+                   MAML-type algorithms only (not reptile, imaml, sam, agnostic-sam).  It
+                   changes speed, not numbers, so a run may be resumed with or without it.
     checkpoint_every: write a checkpoint every this many iterations (and at the end): 1000
                    (MAML ``SAVE_INTERVAL``).
     log_every:     one JSONL line (mean loss, post-adaptation query accuracy of the current
@@ -112,6 +119,7 @@ class TrainConfig:
     task_batching: str = "auto"
     precision: str = "float32"
     gradient_checkpointing: bool = False
+    cuda_graph: bool = False
     checkpoint_every: int = 1000
     log_every: int = 50
     val_every: int = 0
@@ -149,6 +157,13 @@ class TrainConfig:
         if self.precision == "tf32" and not self.device.startswith("cuda"):
             raise ValueError(f"precision 'tf32' is a CUDA tensor-core mode; on device "
                              f"{self.device!r} use float32 or bf16")
+        if self.cuda_graph:
+            if not cudagraph.supported(self.device):
+                raise ValueError(f"cuda_graph captures CUDA kernels; on device {self.device!r} "
+                                 "run without it (--no-cuda-graph)")
+            if self.algorithm not in CHECKPOINTABLE:
+                raise ValueError(f"cuda_graph replays the meta-gradient of the MAML-type "
+                                 f"algorithms; {self.algorithm!r} has its own update rule")
         if self.task_batching == "auto":
             object.__setattr__(self, "task_batching", default_batching(self.device))
         self.build_algorithm()  # validates the algorithm's own hyper-parameters
@@ -161,7 +176,7 @@ class TrainConfig:
             alpha_low=self.alpha_low, alpha_up=self.alpha_up, swp_keep=self.swp_keep,
             sds_fraction=self.sds_fraction, sam_alpha=self.sam_alpha,
             first_order=self.first_order, task_batching=self.task_batching,
-            checkpoint=self.gradient_checkpointing)
+            checkpoint=self.gradient_checkpointing, cuda_graph=self.cuda_graph)
 
     @property
     def needs_generator(self) -> bool:
