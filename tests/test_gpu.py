@@ -9,7 +9,7 @@ import torch
 from experiments.bench import fewshot, memory
 from experiments.fewshot.common import precision_context
 from experiments.fewshot.model import HEAD_NAMES, cross_entropy_loss
-from testbed import algorithms
+from testbed import algorithms, cudagraph
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -87,6 +87,66 @@ def test_bench_on_cuda_reports_peak_memory_for_every_implementation():
     assert all(v is not None and v > 0 for v in result.maml_peak_mb.values())
     assert all(v is not None and v > 0 for v in result.variant_peak_mb.values())
     assert "peak MiB" in fewshot.format_table(result)
+
+
+@pytest.mark.parametrize("batching", ["loop", "vmap"])
+@pytest.mark.parametrize("name", ["maml", "sharp-both", "esharp-anil"])
+def test_cuda_graph_replays_the_eager_meta_gradient(name, batching):
+    """One capture, then replays on new parameters, data and SWP masks: the eager numbers."""
+    cudagraph.clear()
+    eager = algorithms.make(name, beta_low=0.3, inner_steps=2, task_batching=batching,
+                            head_names=HEAD_NAMES if "anil" in name else None)
+    graphed = algorithms.with_config(eager, cuda_graph=True)
+    before = cudagraph.counts()["captures"]
+    for seed in (0, 1, 2):
+        params, tasks = fewshot.make_problem(TINY, device="cuda", dtype=torch.float64, seed=seed)
+        want = eager.meta_gradient(cross_entropy_loss, params, tasks,
+                                   generator=torch.Generator().manual_seed(seed))
+        got = graphed.meta_gradient(cross_entropy_loss, params, tasks,
+                                    generator=torch.Generator().manual_seed(seed))
+        assert _max_diff(got.grad, want.grad) <= 1e-10
+        assert abs(got.loss.item() - want.loss.item()) <= 1e-10
+    assert cudagraph.counts()["captures"] == before + 1
+    cudagraph.clear()
+
+
+def test_cuda_graph_memory_pool_is_the_eager_peak_not_more():
+    """The graph's private pool (reserved memory it keeps) against the eager loop's peak."""
+    setting = fewshot.Setting("mid", ways=5, shots=1, queries=5, image_size=28, channels=1,
+                              inner_steps=10, meta_batch=4, beta_low=0.1, hidden=32)
+    params, tasks = fewshot.make_problem(setting, device="cuda")
+    eager = algorithms.make("maml", beta_low=0.1, inner_steps=10, task_batching="loop")
+    graphed = algorithms.with_config(eager, cuda_graph=True)
+    cudagraph.clear()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    eager.meta_gradient(cross_entropy_loss, params, tasks)
+    torch.cuda.synchronize()
+    eager_peak = torch.cuda.max_memory_allocated() - base
+    torch.cuda.empty_cache()
+    reserved = torch.cuda.memory_reserved()
+    graphed.meta_gradient(cross_entropy_loss, params, tasks)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    pool = torch.cuda.memory_reserved() - reserved
+    print(f"eager loop peak {eager_peak / 2**20:.0f} MiB, graph pool {pool / 2**20:.0f} MiB")
+    assert pool <= 1.25 * eager_peak + 64 * 2 ** 20
+    cudagraph.clear()
+
+
+def test_cuda_graph_under_bf16_autocast_gives_the_eager_autocast_numbers():
+    params, tasks = fewshot.make_problem(TINY, device="cuda")
+    eager = algorithms.make("sharp-low", beta_low=0.3, inner_steps=2, task_batching="loop")
+    graphed = algorithms.with_config(eager, cuda_graph=True)
+    cudagraph.clear()
+    with precision_context("bf16", "cuda"):
+        want = eager.meta_gradient(cross_entropy_loss, params, tasks).grad
+        for _ in range(2):
+            got = graphed.meta_gradient(cross_entropy_loss, params, tasks).grad
+    assert fewshot.relative_error(got, want) <= 1e-3
+    cudagraph.clear()
 
 
 def test_compiled_core_on_cuda_equals_eager_in_float64():
