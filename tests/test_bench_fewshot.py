@@ -1,5 +1,7 @@
 """The few-shot benchmark's references compute the core's meta-gradient; its FLOP counts are right."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -92,3 +94,63 @@ def test_compile_modes_name_their_rows_and_bad_modes_exit_2(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "--compile", "--compile-mode", "default,fastest"])
     assert exit_.value.code == 2 and "--compile-mode" in capsys.readouterr().err
+
+
+def test_cuda_graph_adds_the_graphed_core_and_nothing_otherwise():
+    graphed = {fewshot.graphed_name("loop"), fewshot.graphed_name("vmap")}
+    assert graphed == {"core, loop, CUDA graph", "core, vmap, CUDA graph"}
+    assert not graphed & set(fewshot.implementations())
+    assert graphed <= set(fewshot.implementations(cuda_graph=True))
+
+
+def test_bench_with_cuda_graph_checks_its_rows_and_times_every_variant_graphed(
+        cuda_graph_stand_in, one_thread):
+    """On the CPU through the stand-in capture (tests/conftest.py): the graphed rows go through
+    the float64 check, and each variant gets a graphed time beside its eager one."""
+    before = cuda_graph_stand_in.counts()
+    result = fewshot.run(TINY, repeats=1, variants=("maml", "sharp-up"), cuda_graph=True)
+    after = cuda_graph_stand_in.counts()
+    for batching in ("loop", "vmap"):
+        name = fewshot.graphed_name(batching)
+        assert result.maml_agreement[name] <= fewshot.AGREEMENT
+        assert 0 <= result.maml_float32_error[name] < 1e-2 and result.maml_seconds[name] > 0
+    assert set(result.variant_seconds_graphed) == set(result.variant_seconds) == {"maml", "sharp-up"}
+    assert all(s > 0 for s in result.variant_seconds_graphed.values())
+    # MAML rows: one graph per batching and dtype (TINY's float32 error and timing share a
+    # layout), 4; the variants were graphed too: sharp-up's configuration is a fifth
+    assert after["captures"] - before["captures"] >= 5
+    assert after["replays"] - before["replays"] > after["captures"] - before["captures"]
+    table = fewshot.format_table(result)
+    assert "core, vmap, CUDA graph" in table
+    header = next(line for line in table.splitlines() if line.startswith("variants"))
+    assert "| graphed s | graphed time / graphed MAML |" in header and "| target" in header
+    maml_row = next(line for line in table.splitlines() if line.startswith("maml |"))
+    assert len(maml_row.split(" | ")) == len(header.split(" | "))
+    assert result.to_dict()["variant_seconds_graphed"] == result.variant_seconds_graphed
+    # on CUDA the MAML table's peak column gets a note on what the graphed rows' peak means
+    on_cuda = replace(result, device="cuda", maml_peak_mb={n: 1.0 for n in result.maml_seconds},
+                      variant_peak_mb={n: 1.0 for n in result.variant_seconds})
+    assert "first call, which captures the graph" in fewshot.format_table(on_cuda)
+    assert "captures the graph" not in fewshot.format_table(
+        replace(on_cuda, maml_seconds={"core, vmap": 1.0}))
+
+
+def test_bench_without_cuda_graph_has_no_graphed_columns():
+    """Old results (no ``variant_seconds_graphed``) still format as before."""
+    result = fewshot.FewshotBench(
+        TINY, "cpu", 1, {"core, vmap": 1.0}, {"core, vmap": 0.0}, {"core, vmap": 0.0},
+        {"maml": 1.0, "sharp-up": 2.0}, {"maml": 1.0, "sharp-up": 2.0}, {"maml": None, "sharp-up": None},
+        "vmap")
+    assert result.variant_seconds_graphed is None
+    assert "graphed" not in fewshot.format_table(result)
+
+
+def test_run_refuses_cuda_graph_off_cuda():
+    with pytest.raises(ValueError, match="needs a CUDA device, got device 'cpu'"):
+        fewshot.run(TINY, device="cpu", repeats=1, cuda_graph=True)
+
+
+def test_bench_cli_refuses_cuda_graph_on_a_cpu_in_one_line(capsys):
+    assert main(["bench", "fewshot", "--device", "cpu", "--cuda-graph"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "testbed bench: error: --cuda-graph needs --device cuda, got cpu"

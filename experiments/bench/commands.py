@@ -21,7 +21,8 @@ def register(sub) -> None:
                     "plain autograd loop, a 'higher' loop and parallel-metalearn's vmapped MAML "
                     "(the last two with pip install '.[bench]'), after checking they agree in "
                     "float64, and every Sharp variant against MAML with its FLOP ratio and the "
-                    "paper's Table 3 ratio. 'memory' measures the peak memory and time of one "
+                    "paper's Table 3 ratio (with --cuda-graph, also under one captured CUDA "
+                    "graph per meta-gradient). 'memory' measures the peak memory and time of one "
                     "Conv-4 MAML meta-gradient as the inner loop grows (--steps), for the graph "
                     "path with tasks vectorised or looped, the checkpointed adjoint sweep, and "
                     "first order, each in a fresh process.")
@@ -47,6 +48,12 @@ def register(sub) -> None:
                    help="fewshot, with --compile: torch.compile modes to time, comma-separated, of "
                         "default, reduce-overhead (CUDA graphs on CUDA), max-autotune "
                         "(default: default)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="fewshot, CUDA only: also time the core with each meta-gradient replayed "
+                        "from one captured CUDA graph (cuda_graph=True): MAML rows 'core, loop, "
+                        "CUDA graph' and 'core, vmap, CUDA graph', checked in float64 first, and "
+                        "a graphed time for every variant beside its eager one (each graph's "
+                        "capture is in the warm-up, not timed)")
     p.add_argument("--steps", type=positive_int_list, default=(1, 5, 10, 20),
                    help="memory: inner-step counts N to measure, comma-separated (default 1,5,10,20)")
     p.add_argument("--out", type=Path, help="also write bench_<suite>.json and .md here")
@@ -127,6 +134,8 @@ def _fewshot(args: argparse.Namespace) -> int:
     from experiments.bench import fewshot
 
     _check_device(args.device)
+    if args.cuda_graph and not args.device.startswith("cuda"):
+        raise ValueError(f"--cuda-graph needs --device cuda, got {args.device}")
     from experiments.fewshot.common import keep_freed_memory
 
     # as testbed train does: without it glibc unmaps and re-faults every large temporary,
@@ -139,14 +148,16 @@ def _fewshot(args: argparse.Namespace) -> int:
         if args.scale == "small":
             setting = fewshot.small(setting)
         result = fewshot.run(setting, args.device, args.repeats, progress=sys.stderr,
-                             compile=args.compile, compile_modes=args.compile_mode)
+                             compile=args.compile, compile_modes=args.compile_mode,
+                             cuda_graph=args.cuda_graph)
         tables.append(fewshot.format_table(result))
         bodies[setting.name] = result.to_dict()
         print(tables[-1] + "\n", flush=True)
     device = _device_name(args.device)
     meta = {**_meta(f"testbed bench fewshot --setting {args.setting} --scale {args.scale} "
                     f"--device {args.device} --repeats {args.repeats}"
-                    + (f" --compile --compile-mode {','.join(args.compile_mode)}" if args.compile else ""),
+                    + (f" --compile --compile-mode {','.join(args.compile_mode)}" if args.compile else "")
+                    + (" --cuda-graph" if args.cuda_graph else ""),
                     args.commit), "device": device,
             "allocator": "glibc keeps freed memory (as testbed train)" if kept else "default"}
     _write(args.out, "fewshot", meta, {"results": bodies}, "\n\n".join(tables))

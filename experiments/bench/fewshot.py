@@ -17,6 +17,9 @@ meta-batch), in one process:
    the ratio the paper's Table 3 reports.
 3. Peak memory per implementation and per variant (CUDA only; on CPU
    ``testbed bench memory`` measures it, one process per measurement).
+4. With ``cuda_graph`` (CUDA only): the core's meta-gradient replayed from one captured CUDA
+   graph (``SharpMAMLConfig(cuda_graph=True)``, :mod:`testbed.cudagraph`), as MAML rows
+   checked like the others and as a graphed time for every variant.
 
 Times are medians over ``repeats`` rounds after one warm-up; each round runs every
 implementation (or every variant) once, in turn.
@@ -34,7 +37,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from experiments.fewshot.model import HEAD_NAMES, conv4_forward, cross_entropy_loss, init_conv4
-from testbed import Tasks, algorithms
+from testbed import Tasks, algorithms, cudagraph
 from testbed.meta import COMPILE_MODES
 from testbed import validate as V
 
@@ -249,11 +252,14 @@ def parallel_metalearn_maml(params: dict, tasks: Tasks, beta_low: float, steps: 
     return {k: grads[k] for k in params}
 
 
-def core_maml(batching: str, compile: bool = False, mode: str = "default") -> Callable:
+def core_maml(batching: str, compile: bool = False, mode: str = "default",
+              cuda_graph: bool = False) -> Callable:
     def run(params, tasks, beta_low, steps):
         alg = algorithms.make("maml", beta_low=beta_low, inner_steps=steps, task_batching=batching)
         if compile:
             alg = algorithms.with_config(alg, compile=True, compile_mode=mode)
+        if cuda_graph:
+            alg = algorithms.with_config(alg, cuda_graph=True)
         return alg.meta_gradient(cross_entropy_loss, params, tasks).grad
     return run
 
@@ -266,14 +272,23 @@ def compiled_name(mode: str) -> str:
     return COMPILED if mode == "default" else f"{COMPILED} ({mode})"
 
 
-def implementations(compile: bool = False, compile_modes: tuple[str, ...] = ("default",)
-                    ) -> dict[str, Callable]:
+def graphed_name(batching: str) -> str:
+    """The table's name for the core (``task_batching=batching``) under ``cuda_graph=True``."""
+    return f"core, {batching}, CUDA graph"
+
+
+def implementations(compile: bool = False, compile_modes: tuple[str, ...] = ("default",),
+                    cuda_graph: bool = False) -> dict[str, Callable]:
     """Name -> ``fn(params, tasks, beta_low, steps) -> meta-gradient`` for every MAML at hand.
 
     ``compile`` adds the core's loop under ``torch.compile``, once per mode of
     ``compile_modes`` (:func:`compiled_name`; "reduce-overhead" replays CUDA graphs on CUDA);
     its first call per dtype and shape compiles (minutes for Conv-4 on a CPU, not timed: the
     warm-up and the float64 check take it).
+
+    ``cuda_graph`` adds the core's loop and vmap under ``cuda_graph=True``
+    (:func:`graphed_name`; CUDA tensors only): the first call per dtype and shape captures
+    the graph, later calls replay it.
     """
     out = {"core, vmap": core_maml("vmap"), "core, loop": core_maml("loop"),
            "autograd loop": plain_autograd_maml}
@@ -281,6 +296,9 @@ def implementations(compile: bool = False, compile_modes: tuple[str, ...] = ("de
         for mode in compile_modes:
             V.one_of("compile mode", mode, COMPILE_MODES)
             out[compiled_name(mode)] = core_maml("loop", compile=True, mode=mode)
+    if cuda_graph:
+        for batching in ("loop", "vmap"):
+            out[graphed_name(batching)] = core_maml(batching, cuda_graph=True)
     try:
         import higher  # noqa: F401  (optional extra "bench")
     except ImportError:
@@ -360,6 +378,8 @@ class FewshotBench:
     variant_peak_mb: dict[str, float | None]
     batching: str
     maml_peak_mb: dict[str, float | None] | None = None
+    variant_seconds_graphed: dict[str, float] | None = None
+    """Each variant's seconds under ``cuda_graph=True`` (same batching); None: not measured."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -367,11 +387,14 @@ class FewshotBench:
 
 def run(setting: Setting, device: str = "cpu", repeats: int = 3,
         variants: tuple[str, ...] = VARIANTS, progress=None, compile: bool = False,
-        compile_modes: tuple[str, ...] = ("default",)) -> FewshotBench:
+        compile_modes: tuple[str, ...] = ("default",), cuda_graph: bool = False) -> FewshotBench:
     """Check agreement, then time MAML's implementations and every variant.
 
     ``progress``: a text stream that gets one line per stage (None: silent).
     ``compile``: also time the core's loop under ``torch.compile`` (see :func:`implementations`).
+    ``cuda_graph``: also time the core's loop and vmap under ``cuda_graph=True`` (MAML rows,
+    checked like the others), and every variant under it, in the same rounds as the eager
+    variants (``variant_seconds_graphed``).  CUDA devices only.
     """
     def say(text: str) -> None:
         if progress is not None:
@@ -382,9 +405,13 @@ def run(setting: Setting, device: str = "cpu", repeats: int = 3,
         V.one_of("variant", v, VARIANTS)
     if "maml" not in variants:
         variants = ("maml",) + tuple(variants)
+    if cuda_graph:
+        if not cudagraph.supported(device):
+            raise ValueError(f"cuda_graph=True captures CUDA kernels: it needs a CUDA device, "
+                             f"got device {device!r}")
     params, tasks = make_problem(setting, device)
     args = (params, tasks, setting.beta_low, setting.inner_steps)
-    impls = implementations(compile, compile_modes)
+    impls = implementations(compile, compile_modes, cuda_graph)
     # the check uses the first CHECK_TASKS tasks of the meta-batch (the meta-gradient is a
     # mean over tasks, so agreement per task is what matters; a float64 second-order graph
     # of the whole paper-scale batch does not fit in 24 GiB)
@@ -402,29 +429,43 @@ def run(setting: Setting, device: str = "cpu", repeats: int = 3,
             raise RuntimeError(f"{name} disagrees with the core's meta-gradient by "
                                f"{agreement[name]:.2e} in float64 (> {AGREEMENT:g}); no timing reported")
         float32_error[name] = relative_error(_float64(fn(*narrow)), reference)
+    if cuda_graph:
+        # the check's graphs (and an earlier run's) go, pools included, so that each graphed
+        # row's warm-up, where its peak memory is read, is the capture of its timed graph
+        cudagraph.clear()
     say("timing MAML, every implementation in turn")
     maml_seconds, maml_peak = interleaved_medians(
         {name: (lambda fn=fn: fn(*args)) for name, fn in impls.items()}, repeats, device, say)
     batching = "vmap" if maml_seconds["core, vmap"] <= maml_seconds["core, loop"] else "loop"
-    gflops, calls = {}, {}
+    gflops, calls, graphed = {}, {}, {}
     for name in variants:
         say(f"counting FLOPs of {name} (core, {batching})")
         alg = algorithms.make(name, beta_low=setting.beta_low, inner_steps=setting.inner_steps,
                               head_names=HEAD_NAMES if "anil" in name else None,
                               task_batching=batching)
-        gen = torch.Generator().manual_seed(0)
-
-        def call(alg=alg, gen=gen):
-            return alg.meta_gradient(cross_entropy_loss, params, tasks, generator=gen)
-
+        calls[name] = _variant_call(alg, params, tasks)
         with FlopCounterMode(display=False) as counter:
-            call()
+            calls[name]()
         gflops[name] = counter.get_total_flops() / 1e9
-        calls[name] = call
-    say(f"timing every variant in turn (core, {batching})")
-    seconds, peak = interleaved_medians(calls, repeats, device, say)
-    return FewshotBench(setting, device, repeats, maml_seconds, agreement, float32_error, seconds,
-                        gflops, peak, batching, maml_peak)
+        if cuda_graph:
+            graphed[f"{name}, CUDA graph"] = _variant_call(
+                algorithms.with_config(alg, cuda_graph=True), params, tasks)
+    # graphed calls after the eager ones: each eager peak is read before any variant's capture
+    say(f"timing every variant in turn (core, {batching})"
+        + (", eager and under a CUDA graph" if cuda_graph else ""))
+    seconds, peak = interleaved_medians({**calls, **graphed}, repeats, device, say)
+    if cuda_graph:
+        cudagraph.clear()      # their pools, before another setting's graphs are captured
+    return FewshotBench(setting, device, repeats, maml_seconds, agreement, float32_error,
+                        {n: seconds[n] for n in calls}, gflops, {n: peak[n] for n in calls},
+                        batching, maml_peak,
+                        {n: seconds[f"{n}, CUDA graph"] for n in calls} if cuda_graph else None)
+
+
+def _variant_call(alg, params: dict, tasks: Tasks) -> Callable[[], object]:
+    """One meta-gradient of ``alg`` per call, its masks drawn from its own generator seeded 0."""
+    gen = torch.Generator().manual_seed(0)
+    return lambda: alg.meta_gradient(cross_entropy_loss, params, tasks, generator=gen)
 
 
 def _reset_peak(device: str) -> None:
@@ -460,17 +501,26 @@ def format_table(b: FewshotBench) -> str:
         row += [f"{b.maml_agreement[name]:.1e}", f"{b.maml_float32_error[name]:.1e}"]
         row += [f"{b.maml_peak_mb[name]:.0f}"] if cuda and b.maml_peak_mb else []
         lines.append(" | ".join(row))
-    lines += ["", f"variants (core, {b.batching}) | seconds | time / MAML | FLOPs / MAML | "
-              "time / FLOP ratio | paper Table 3 | target"
-              + (" | peak MiB" if b.device.startswith("cuda") else ""),
-              "---|---|---|---|---|---|---" + ("|---" if b.device.startswith("cuda") else "")]
+    if cuda and b.maml_peak_mb and any(graphed_name(k) in b.maml_seconds for k in ("loop", "vmap")):
+        lines += ["", "CUDA graph rows: peak MiB is that of the first call, which captures the graph; "
+                      "the graph's private pool keeps that memory reserved between calls."]
+    graphed = b.variant_seconds_graphed
+    cols = [f"variants (core, {b.batching})", "seconds", "time / MAML", "FLOPs / MAML",
+            "time / FLOP ratio"]
+    cols += ["graphed s", "graphed time / graphed MAML"] if graphed else []
+    cols += ["paper Table 3", "target"]
+    cols += ["peak MiB"] if cuda else []
+    lines += ["", " | ".join(cols), "|".join(["---"] * len(cols))]
     t0, f0 = b.variant_seconds["maml"], b.variant_gflops["maml"]
     for name, sec in b.variant_seconds.items():
         tr, fr = sec / t0, b.variant_gflops[name] / f0
-        row = [name, f"{sec:.3f}", f"{tr:.2f}x", f"{fr:.2f}x", f"{tr / fr:.2f}",
-               f"{PAPER_TABLE3[name]:.1f}x" if name in PAPER_TABLE3 else "-",
-               f"<= {TARGETS[name]:.1f}x" if name in TARGETS else "-"]
-        if b.device.startswith("cuda"):
-            row.append(f"{b.variant_peak_mb[name]:.0f}")
+        row = [name, f"{sec:.3f}", f"{tr:.2f}x", f"{fr:.2f}x", f"{tr / fr:.2f}"]
+        row += [f"{graphed[name]:.3f}", f"{graphed[name] / graphed['maml']:.2f}x"] if graphed else []
+        row += [f"{PAPER_TABLE3[name]:.1f}x" if name in PAPER_TABLE3 else "-",
+                f"<= {TARGETS[name]:.1f}x" if name in TARGETS else "-"]
+        row += [f"{b.variant_peak_mb[name]:.0f}"] if cuda else []
         lines.append(" | ".join(row))
+    if graphed:
+        lines += ["", "target: the overhead aimed for, a variant's time over MAML's, eager "
+                      "(time / MAML) or graphed (graphed time / graphed MAML) alike."]
     return "\n".join(lines)
