@@ -45,6 +45,6 @@ def test_default_phases_are_every_phase_in_the_order_they_run():
     script = (ROOT / "experiments/bench/gpu_run.sh").read_text()
     default = re.search(r"^PHASES=\$\{PHASES:-([\w,]+)\}", script, re.M).group(1).split(",")
     ran = re.findall(r"^\s*(?:cuda\*\) )?phase \S+ (\w+) ", script, re.M)
-    assert default == ran == ["gpu_tests", "graphs", "fewshot", "memory", "compile"]
+    assert default == ran == ["gpu_tests", "graphs", "precision", "fewshot", "memory", "compile"]
     limits = re.search(r"^GRAPHS_LIMIT=\$\{GRAPHS_LIMIT:-(\d+)\}", script, re.M)
     assert limits is not None and "--cuda-graph --out \"$WORK/graphs\"" in script
