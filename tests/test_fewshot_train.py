@@ -245,6 +245,23 @@ def test_a_signal_during_the_update_is_held_until_the_update_is_whole():
         assert finished
 
 
+def test_a_second_signal_while_the_first_unwinds_is_held_not_raised():
+    """Two signals in quick succession: the second must not land in a ``finally`` of the
+    first's unwinding (a study's Ctrl-C plus SIGTERM once left torch.func's vmap level behind)."""
+    with _Signals() as signals:
+        cleaned = False
+        with pytest.raises(_Signalled) as first:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.01)
+            finally:
+                os.kill(os.getpid(), signal.SIGTERM)   # arrives while the first unwinds
+                time.sleep(0.01)
+                cleaned = True
+        assert cleaned and first.value.signum == signal.SIGINT
+        assert signals.pending == signal.SIGTERM
+
+
 def test_resuming_a_finished_run_keeps_its_statistics_and_writes_strict_json(toy, tmp_path):
     first = run(_tiny(toy, tmp_path, eval_episodes=1), progress=None)
     saved = load_checkpoint(tmp_path)

@@ -108,6 +108,10 @@ class _Signals:
         if self.deferring:
             self.pending = signum
             return
+        # from here on a second signal is held: raised while the first unwinds, it could land in
+        # a ``finally`` (torch.func's vmap leaving its level, seen as "random operation while in
+        # randomness error mode" in the checkpoint save) and skip it
+        self.deferring = True
         raise _Signalled(signum)
 
     def __enter__(self) -> _Signals:
@@ -130,6 +134,7 @@ class _Signals:
         finally:
             self.deferring = False
         if self.pending is not None:
+            self.deferring = True      # as in _handle: the signal being raised is the last one
             raise _Signalled(self.pending)
 
 
