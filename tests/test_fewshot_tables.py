@@ -105,3 +105,37 @@ def test_an_interrupt_is_one_line_and_the_signal_status(interruption, status, tm
     assert code == status
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["tables: interrupted; finished runs are kept, rerun the same command to resume"]
+
+
+def test_ctrl_c_with_jobs_stops_every_worker_quietly_and_keeps_their_checkpoints(tmp_path):
+    """Ctrl-C reaches the whole process group: busy workers save their runs, workers that are
+    starting or idle must not die with a traceback, and the parent says one line, status 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.fewshot.tables", "--scale", "smoke", "--tables", "family",
+         "--jobs", "2", "--iterations", "150", "--threads", "1", "--out", str(tmp_path)],
+        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))   # not ignored in a background job
+    lines = []
+    try:
+        for line in proc.stderr:            # wait for one finished run: the next ones are under way
+            lines.append(line)
+            if line.startswith("[1/"):
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        lines += proc.stderr.readlines()
+        assert proc.wait(timeout=120) == 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = "".join(lines)
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("tables: interrupted")
+    runs = list((tmp_path / "smoke" / "runs").glob("seed*/*"))
+    unfinished = [r for r in runs if not (r / "results.json").is_file()]
+    assert unfinished and all((r / "checkpoint.pt").is_file() for r in unfinished if (r / "log.jsonl").is_file())

@@ -42,12 +42,14 @@ the grid.  With several seeds the interval pools the per-episode accuracies of a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
 import shlex
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -59,7 +61,7 @@ from experiments.fewshot.config import TRAINING_FIELDS, TrainConfig
 from experiments.fewshot.evaluate import confidence_interval
 from experiments.fewshot.toy import write_toy_folder
 from testbed.algorithms import NAMES
-from experiments.fewshot.train import RESULTS_NAME, run
+from experiments.fewshot.train import RESULTS_NAME, TrainingInterrupted, run
 
 RADII = (0.05, 0.005, 0.0005, 0.00005)
 """The paper's radius grid (Sec. 5.1)."""
@@ -225,8 +227,31 @@ def _source_for(table: Table, scale: Scale, toy: str | None, miniimagenet: str |
     return None, "skipped: mini-ImageNet not given (--miniimagenet PATH)"
 
 
-def _run_quietly(config: TrainConfig) -> str:
-    _run_once(config, None)
+@contextlib.contextmanager
+def _ctrl_c_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread for the block.  Ctrl-C reaches every process of the
+    terminal's group, pool workers too; a worker started with it blocked (threads and spawned
+    processes inherit the mask, across exec) cannot die of it, with a traceback, while it
+    imports or waits for a run.  :func:`_run_quietly` unblocks it for the run itself."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _run_quietly(config: TrainConfig) -> str | TrainingInterrupted:
+    """One run in a pool worker: its path, or its TrainingInterrupted *returned*, since a
+    KeyboardInterrupt raised in a worker kills it with a traceback instead of reaching the pool."""
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})   # train saves on Ctrl-C
+        _run_once(config, None)
+    except TrainingInterrupted as stop:
+        return stop
+    except KeyboardInterrupt:       # a Ctrl-C held while the worker waited: the run did not start
+        return TrainingInterrupted(f"interrupted before {config.out} started", 128 + signal.SIGINT)
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     return config.out
 
 
@@ -237,8 +262,12 @@ def _run_parallel(configs: list[TrainConfig], jobs: int, progress) -> None:
     todo = [c for c in configs if not (Path(c.out) / RESULTS_NAME).is_file()]
     if not todo:
         return
-    with multiprocessing.get_context("spawn").Pool(min(jobs, len(todo)), maxtasksperchild=1) as pool:
+    with _ctrl_c_blocked():   # the pool's threads, and so every worker they start, inherit it
+        pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(todo)), maxtasksperchild=1)
+    with pool:
         for done, out in enumerate(pool.imap_unordered(_run_quietly, todo), 1):
+            if isinstance(out, TrainingInterrupted):
+                raise out
             if progress is not None:
                 print(f"[{done}/{len(todo)}] finished {out}", file=progress, flush=True)
 
