@@ -55,6 +55,20 @@ def schedule_panels(path: Path, results: dict, variant: str, exponent: float) ->
     plt.close(fig)
 
 
+def alpha_low_panels(path: Path, sweeps: dict[str, dict[float, object]], variant: str,
+                     exponent: float) -> None:
+    """One panel per family/oracle (``{label: {alpha_low: sweep result}}``); one line per
+    alpha_low under Theorem 1's schedule (mean, min-max over seeds)."""
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(4.2 * len(sweeps), 3.6), squeeze=False,
+                             layout="constrained")
+    for ax, (label, by_alpha) in zip(axes[0], sweeps.items()):
+        curves = {f"alpha_low={a:g}": r.curve("theorem", variant) for a, r in by_alpha.items()}
+        _curve_panel(ax, next(iter(by_alpha.values())).spec.horizons, curves, exponent, label)
+    fig.suptitle(f"{variant}, Theorem 1 schedule with constant alpha_low")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def measured_vs_bound(path: Path, x: np.ndarray, series: dict[str, tuple[np.ndarray, np.ndarray]],
                       xlabel: str, ylabel: str, title: str) -> None:
     """For each series: measured (markers) against its bound (line), log-log."""

@@ -277,23 +277,10 @@ def alpha_low_sweeps(ctx: Context) -> dict[tuple[str, float], dict[float, SweepR
         out = {(f, s): run_alpha_low_sweep(replace(base, family=f, sigma=s)) for f, s in COMBOS}
         path = ctx.plot_path("thm1_alpha_low.png")
         if path is not None:
-            plot_alpha_low(path, out, "sharp-low", CLAIMED_EXPONENT)
+            plots.alpha_low_panels(path, {_label(*key): by_alpha for key, by_alpha in out.items()},
+                                   "sharp-low", CLAIMED_EXPONENT)
         return out
     return ctx.shared("alpha_low_sweeps", compute)
-
-
-def plot_alpha_low(path, sweeps: dict[tuple[str, float], dict[float, SweepResult]], variant: str,
-                   exponent: float) -> None:
-    """One panel per family/oracle; one line per alpha_low (mean, min-max over seeds)."""
-    fig, axes = plots.plt.subplots(1, len(sweeps), figsize=(4.2 * len(sweeps), 3.6),
-                                   squeeze=False, layout="constrained")
-    for ax, (key, by_alpha) in zip(axes[0], sweeps.items()):
-        curves = {f"alpha_low={a:g}": r.curve("theorem", variant) for a, r in by_alpha.items()}
-        plots._curve_panel(ax, next(iter(by_alpha.values())).spec.horizons, curves, exponent,
-                           _label(*key))
-    fig.suptitle(f"{variant}, Theorem 1 schedule with constant alpha_low")
-    fig.savefig(path, dpi=110)
-    plots.plt.close(fig)
 
 
 def _excess_exponent(x, excess) -> float | None:
