@@ -90,12 +90,15 @@ def test_bench_on_cuda_reports_peak_memory_for_every_implementation():
 
 
 @pytest.mark.parametrize("batching", ["loop", "vmap"])
-@pytest.mark.parametrize("name", ["maml", "sharp-both", "esharp-anil"])
+@pytest.mark.parametrize("name", ["maml", "sharp-both", "esharp-anil", "hf-maml", "checkpoint"])
 def test_cuda_graph_replays_the_eager_meta_gradient(name, batching):
-    """One capture, then replays on new parameters, data and SWP masks: the eager numbers."""
+    """One capture, then replays on new parameters, data and SWP masks: the eager numbers
+    (the graph path, and the adjoint sweep of HF-MAML and of checkpoint=True)."""
     cudagraph.clear()
-    eager = algorithms.make(name, beta_low=0.3, inner_steps=2, task_batching=batching,
-                            head_names=HEAD_NAMES if "anil" in name else None)
+    eager = algorithms.make("sharp-both" if name == "checkpoint" else name, beta_low=0.3,
+                            inner_steps=2, task_batching=batching,
+                            head_names=HEAD_NAMES if "anil" in name else None,
+                            checkpoint=name == "checkpoint")
     graphed = algorithms.with_config(eager, cuda_graph=True)
     before = cudagraph.counts()["captures"]
     for seed in (0, 1, 2):
@@ -146,6 +149,29 @@ def test_cuda_graph_under_bf16_autocast_gives_the_eager_autocast_numbers():
         for _ in range(2):
             got = graphed.meta_gradient(cross_entropy_loss, params, tasks).grad
     assert fewshot.relative_error(got, want) <= 1e-3
+    cudagraph.clear()
+
+
+def test_train_with_cuda_graph_on_cuda_gives_the_eager_parameters(tmp_path):
+    """``testbed train --cuda-graph`` end to end: one capture, one replay per iteration."""
+    from experiments.fewshot.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from experiments.fewshot.config import TrainConfig
+    from experiments.fewshot.toy import write_toy_folder
+    from experiments.fewshot.train import run
+
+    toy = "folder:" + str(write_toy_folder(tmp_path / "toy", classes=6, per_class=5, size=16))
+    common = dict(source=toy, ways=3, shots=1, queries=2, hidden=4, meta_batch=2, iterations=3,
+                  inner_steps=2, eval_episodes=0, checkpoint_every=1, algorithm="esharp",
+                  device="cuda", task_batching="loop")
+    run(TrainConfig(out=str(tmp_path / "eager"), **common), progress=None)
+    cudagraph.clear()
+    before = cudagraph.counts()
+    run(TrainConfig(out=str(tmp_path / "graphed"), cuda_graph=True, **common), progress=None)
+    after = cudagraph.counts()
+    assert (after["captures"] - before["captures"], after["replays"] - before["replays"]) == (1, 3)
+    a = load_checkpoint(tmp_path / "eager" / CHECKPOINT_NAME)["params"]
+    b = load_checkpoint(tmp_path / "graphed" / CHECKPOINT_NAME)["params"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
     cudagraph.clear()
 
 
