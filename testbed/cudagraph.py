@@ -142,7 +142,14 @@ def replay(body: Callable, loss_fn, params: dict, tasks: meta.Tasks, cfg: meta.S
     if entry is None:
         static = meta._tree_map(lambda t: t.detach().clone(), (params, tasks, masks))
         s_params, s_tasks, s_masks = static
-        out, run, keep = _capture(lambda: body(loss_fn, s_params, s_tasks, cfg, s_masks), device)
+        try:
+            out, run, keep = _capture(lambda: body(loss_fn, s_params, s_tasks, cfg, s_masks), device)
+        except RuntimeError as error:
+            raise RuntimeError(
+                f"cuda_graph=True could not capture the meta-gradient ({error}). A loss that "
+                "reads a tensor's value on the host (.item(), float(t), `if t:`, printing), "
+                "synchronises, or makes shapes depend on values cannot be captured: run it "
+                "with cuda_graph=False") from error
         entry = _Graphed((s_params, s_tasks, s_masks), out, run, keep)
         _COUNTS["captures"] += 1
         _GRAPHS[key] = entry

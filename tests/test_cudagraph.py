@@ -114,3 +114,14 @@ def test_differentiating_through_a_graphed_meta_gradient_is_refused(cuda_graph_s
 def test_cuda_graph_and_compile_are_exclusive():
     with pytest.raises(ValueError, match="choose one"):
         meta.SharpMAMLConfig(beta_low=0.1, cuda_graph=True, compile=True, task_batching="loop")
+
+
+def test_a_failed_capture_says_what_cannot_be_captured(cuda_graph_stand_in, monkeypatch):
+    def refusing(fn, device):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+    monkeypatch.setattr(cudagraph, "_capture", refusing)
+    params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"could not capture .*operation not permitted.*"
+                                           r"cuda_graph=False"):
+        _alg("maml", True).meta_gradient(cross_entropy_loss, params, tasks)
+    assert not cudagraph._GRAPHS            # nothing half-made is cached

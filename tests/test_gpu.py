@@ -175,6 +175,22 @@ def test_train_with_cuda_graph_on_cuda_gives_the_eager_parameters(tmp_path):
     cudagraph.clear()
 
 
+def test_a_loss_that_syncs_is_refused_at_capture_and_cuda_stays_usable():
+    params, tasks = fewshot.make_problem(TINY, device="cuda")
+
+    def syncing_loss(p, batch):
+        losses = cross_entropy_loss(p, batch)
+        if losses.mean().item() < 0:          # reads a value on the host: not capturable
+            raise AssertionError
+        return losses
+    alg = algorithms.make("maml", beta_low=0.3, inner_steps=2, task_batching="loop")
+    cudagraph.clear()
+    with pytest.raises(RuntimeError, match="could not capture"):
+        algorithms.with_config(alg, cuda_graph=True).meta_gradient(syncing_loss, params, tasks)
+    step = alg.meta_gradient(syncing_loss, params, tasks)          # eager still works afterwards
+    assert all(torch.isfinite(v).all() for v in step.grad.values())
+
+
 def test_compiled_core_on_cuda_equals_eager_in_float64():
     params, tasks = fewshot.make_problem(TINY, device="cuda", dtype=torch.float64)
     impls = fewshot.implementations(compile=True)
