@@ -16,11 +16,14 @@ Public API:
   the ES-based Jacobian estimator.
 * :mod:`testbed.optim`: the meta-update (:func:`sgd_update`, :class:`MetaOptimizer`).
 * :mod:`testbed.params`: helpers over parameter dicts.
+* :mod:`testbed.cudagraph`: what ``SharpMAMLConfig(cuda_graph=True)`` runs, a whole
+  meta-gradient replayed from one captured CUDA graph (:func:`cudagraph.clear`,
+  :func:`cudagraph.counts`, :func:`cudagraph.supported`).
 
 Nothing here imports :mod:`experiments`.
 """
 
-from testbed import algorithms, baselines, hypergrad, optim, params
+from testbed import algorithms, baselines, cudagraph, hypergrad, optim, params
 from testbed.meta import (MetaGradient, SharpMAMLConfig, Tasks, adapt, erm_objective,
                           meta_gradient, meta_objective, sam_gradient)
 from testbed.optim import MetaOptimizer, sgd_update
@@ -29,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MetaGradient", "MetaOptimizer", "SharpMAMLConfig", "Tasks", "adapt", "algorithms", "baselines",
+    "cudagraph",
     "erm_objective", "hypergrad", "meta_gradient", "meta_objective", "optim", "params", "sam_gradient",
     "sgd_update", "__version__",
 ]

@@ -15,15 +15,18 @@ function is the eager one (:func:`testbed.meta._meta_gradient`), so the numbers 
 path's; the SWP masks are drawn on the host side from the caller's generator, as eagerly, and
 copied in like the data.
 
-Memory: the graph keeps a private pool sized by what the eager call had alive at its peak;
-tensors freed during the capture are reused within it, so ``task_batching="loop"`` keeps one
-task's graph, as it does eagerly.  Each cached graph holds its pool until it is evicted
-(:data:`MAX_GRAPHS`, least recently used first) or :func:`clear` is called.
+Memory: the graph keeps a private pool sized by what its capture had alive at its peak
+(tensors freed during a capture are reused within it, so ``task_batching="loop"`` should keep
+one task's graph, as it does eagerly; ``tests/test_gpu.py`` checks the pool against the eager
+peak).  Each cached graph holds its own pool until it is evicted (:data:`MAX_GRAPHS`, least
+recently used first) or :func:`clear` is called: the memory of several cached graphs adds up.
 
 Limits: the result is a constant (``meta_gradient`` under an outer ``grad`` or with parameters
-that require grad is refused); everything must live on one CUDA device; and host-side values
-are frozen at capture (nothing in :func:`~testbed.meta._meta_gradient` reads a tensor's value
-on the host, and CUDA refuses a capture that tries).
+that require grad is refused); everything must live on one CUDA device; host-side values are
+frozen at capture (nothing in :func:`~testbed.meta._meta_gradient` reads a tensor's value on
+the host, and CUDA refuses a capture that tries: :func:`refused`); and random numbers drawn
+inside ``loss_fn`` from a generator of one's own are frozen too (the SWP masks are drawn
+outside, from the caller's generator).
 """
 
 from __future__ import annotations
@@ -89,11 +92,16 @@ def _check(params: dict, tasks: meta.Tasks, masks: dict) -> torch.device:
 
 
 def _key(body, loss_fn, params, tasks, cfg, masks, device) -> tuple:
+    """What the captured kernels depend on besides the values of the inputs: the function and
+    loss (by identity: a new lambda per call captures anew), the configuration, the layouts,
+    and the settings that choose kernels (autocast, TF32 and float32 matmul precision, cuDNN)."""
     amp = (device.type == "cuda" and torch.is_autocast_enabled(device.type))
+    cudnn = torch.backends.cudnn
     return (body, loss_fn, cfg, _layout(params), _layout(tasks), _layout(masks), amp,
             torch.get_autocast_dtype(device.type) if amp else None,
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-            torch.are_deterministic_algorithms_enabled())
+            torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32,
+            torch.get_float32_matmul_precision(), cudnn.enabled, cudnn.benchmark,
+            cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
 
 
 def _copy_into(static, new) -> None:
@@ -101,8 +109,26 @@ def _copy_into(static, new) -> None:
         s.copy_(n)
 
 
+def refused(error: BaseException) -> RuntimeError:
+    """The error for a capture CUDA refused, saying what cannot be captured."""
+    return RuntimeError(
+        f"cuda_graph=True could not capture the meta-gradient ({error}). A loss that reads a "
+        "tensor's value on the host (.item(), float(t), `if t:`, printing), synchronises, or makes "
+        "shapes depend on values cannot be captured: run it with cuda_graph=False")
+
+
+_STREAMS: dict = {}
+"""One side stream per device for warm-ups and captures (a stream per capture could pin a
+cuBLAS workspace per stream)."""
+
+
 def _cuda_capture(fn: Callable[[], object], device: torch.device) -> tuple[object, Callable, object]:
-    """Warm ``fn`` up on a side stream, capture one call; returns (outputs, replay, graph)."""
+    """Warm ``fn`` up on a side stream, capture one call; returns (outputs, replay, graph).
+
+    Everything runs with ``device`` current, so that the graph's stream and the tensors' device
+    agree whichever device the caller has current.  Errors of the warm-up (eager) propagate as
+    they are; a capture CUDA refuses becomes :func:`refused`'s error, out-of-memory excepted.
+    """
     amp = torch.is_autocast_enabled(device.type)
     dtype = torch.get_autocast_dtype(device.type)
 
@@ -114,18 +140,31 @@ def _cuda_capture(fn: Callable[[], object], device: torch.device) -> tuple[objec
                 return fn()
         return fn()
 
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(WARMUP):
-            run()
-    torch.cuda.current_stream(device).wait_stream(side)
-    torch.cuda.synchronize(device)
-    torch.cuda.empty_cache()        # the warm-up's blocks, so the graph's pool is not a second copy
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = run()
-    return out, graph.replay, graph
+    with torch.cuda.device(device):
+        side = _STREAMS.setdefault(device, torch.cuda.Stream(device))
+        caller = torch.cuda.current_stream(device)
+        side.wait_stream(caller)
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP):
+                run()
+        caller.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, stream=side):
+                out = run()
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as error:
+            raise refused(error) from error
+        finally:
+            # a refused capture raises in capture_end, before torch.cuda.graph gives the
+            # caller's stream back: without this every later kernel would go to the side stream
+            torch.cuda.set_stream(caller)
+
+    def replay() -> None:
+        with torch.cuda.device(device):
+            graph.replay()
+    return out, replay, graph
 
 
 _capture = _cuda_capture
@@ -142,14 +181,7 @@ def replay(body: Callable, loss_fn, params: dict, tasks: meta.Tasks, cfg: meta.S
     if entry is None:
         static = meta._tree_map(lambda t: t.detach().clone(), (params, tasks, masks))
         s_params, s_tasks, s_masks = static
-        try:
-            out, run, keep = _capture(lambda: body(loss_fn, s_params, s_tasks, cfg, s_masks), device)
-        except RuntimeError as error:
-            raise RuntimeError(
-                f"cuda_graph=True could not capture the meta-gradient ({error}). A loss that "
-                "reads a tensor's value on the host (.item(), float(t), `if t:`, printing), "
-                "synchronises, or makes shapes depend on values cannot be captured: run it "
-                "with cuda_graph=False") from error
+        out, run, keep = _capture(lambda: body(loss_fn, s_params, s_tasks, cfg, s_masks), device)
         entry = _Graphed((s_params, s_tasks, s_masks), out, run, keep)
         _COUNTS["captures"] += 1
         _GRAPHS[key] = entry

@@ -3,9 +3,10 @@
 CUDA graph capture itself needs a GPU (``tests/test_gpu.py``).  Here the capture is replaced
 by an eager stand-in with a graph's contract (``cuda_graph_stand_in`` in tests/conftest.py):
 it runs the function once at capture, and a replay reruns it and writes into the *same*
-output tensors.  A call that read its inputs from
-anywhere but the static buffers, returned the static outputs themselves, or reused a graph
-across layouts would give wrong numbers here as on a GPU."""
+output tensors.  A call that read its inputs from anywhere but the static buffers, returned
+the static outputs themselves, or reused a graph across layouts gives wrong numbers here as on
+a GPU.  What a real graph freezes and the stand-in reruns (host-side state) and the capture
+itself (``testbed.cudagraph._cuda_capture``) are for tests/test_gpu.py."""
 
 import pytest
 import torch
@@ -116,12 +117,14 @@ def test_cuda_graph_and_compile_are_exclusive():
         meta.SharpMAMLConfig(beta_low=0.1, cuda_graph=True, compile=True, task_batching="loop")
 
 
-def test_a_failed_capture_says_what_cannot_be_captured(cuda_graph_stand_in, monkeypatch):
+def test_a_failed_capture_caches_nothing_and_the_refusal_says_what_cannot_be_captured(
+        cuda_graph_stand_in, monkeypatch):
     def refusing(fn, device):
-        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        raise cudagraph.refused(RuntimeError("operation not permitted when stream is capturing"))
     monkeypatch.setattr(cudagraph, "_capture", refusing)
     params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
+    before = cudagraph.counts()["captures"]
     with pytest.raises(RuntimeError, match=r"could not capture .*operation not permitted.*"
-                                           r"cuda_graph=False"):
+                                           r"\.item\(\).*cuda_graph=False"):
         _alg("maml", True).meta_gradient(cross_entropy_loss, params, tasks)
-    assert not cudagraph._GRAPHS            # nothing half-made is cached
+    assert not cudagraph._GRAPHS and cudagraph.counts()["captures"] == before
