@@ -130,8 +130,8 @@ def test_bench_with_cuda_graph_checks_its_rows_and_times_every_variant_graphed(
     # on CUDA the MAML table's peak column gets a note on what the graphed rows' peak means
     on_cuda = replace(result, device="cuda", maml_peak_mb={n: 1.0 for n in result.maml_seconds},
                       variant_peak_mb={n: 1.0 for n in result.variant_seconds})
-    assert "first call, which captures the graph" in fewshot.format_table(on_cuda)
-    assert "captures the graph" not in fewshot.format_table(
+    assert "first call (eager warm-ups, then the capture)" in fewshot.format_table(on_cuda)
+    assert "then the capture" not in fewshot.format_table(
         replace(on_cuda, maml_seconds={"core, vmap": 1.0}))
 
 

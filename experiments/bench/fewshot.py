@@ -296,9 +296,6 @@ def implementations(compile: bool = False, compile_modes: tuple[str, ...] = ("de
         for mode in compile_modes:
             V.one_of("compile mode", mode, COMPILE_MODES)
             out[compiled_name(mode)] = core_maml("loop", compile=True, mode=mode)
-    if cuda_graph:
-        for batching in ("loop", "vmap"):
-            out[graphed_name(batching)] = core_maml(batching, cuda_graph=True)
     try:
         import higher  # noqa: F401  (optional extra "bench")
     except ImportError:
@@ -311,6 +308,9 @@ def implementations(compile: bool = False, compile_modes: tuple[str, ...] = ("de
         pass
     else:
         out["parallel-metalearn (vmap)"] = parallel_metalearn_maml
+    if cuda_graph:   # last: every eager row's peak memory is read before a graph holds its buffers
+        for batching in ("loop", "vmap"):
+            out[graphed_name(batching)] = core_maml(batching, cuda_graph=True)
     return out
 
 
@@ -434,8 +434,12 @@ def run(setting: Setting, device: str = "cpu", repeats: int = 3,
         # row's warm-up, where its peak memory is read, is the capture of its timed graph
         cudagraph.clear()
     say("timing MAML, every implementation in turn")
-    maml_seconds, maml_peak = interleaved_medians(
-        {name: (lambda fn=fn: fn(*args)) for name, fn in impls.items()}, repeats, device, say)
+    try:
+        maml_seconds, maml_peak = interleaved_medians(
+            {name: (lambda fn=fn: fn(*args)) for name, fn in impls.items()}, repeats, device, say)
+    finally:
+        if cuda_graph:
+            cudagraph.clear()      # their pools, before the variants' graphs add theirs
     batching = "vmap" if maml_seconds["core, vmap"] <= maml_seconds["core, loop"] else "loop"
     gflops, calls, graphed = {}, {}, {}
     for name in variants:
@@ -453,9 +457,11 @@ def run(setting: Setting, device: str = "cpu", repeats: int = 3,
     # graphed calls after the eager ones: each eager peak is read before any variant's capture
     say(f"timing every variant in turn (core, {batching})"
         + (", eager and under a CUDA graph" if cuda_graph else ""))
-    seconds, peak = interleaved_medians({**calls, **graphed}, repeats, device, say)
-    if cuda_graph:
-        cudagraph.clear()      # their pools, before another setting's graphs are captured
+    try:
+        seconds, peak = interleaved_medians({**calls, **graphed}, repeats, device, say)
+    finally:
+        if cuda_graph:
+            cudagraph.clear()      # their pools, before another setting's graphs are captured
     return FewshotBench(setting, device, repeats, maml_seconds, agreement, float32_error,
                         {n: seconds[n] for n in calls}, gflops, {n: peak[n] for n in calls},
                         batching, maml_peak,
@@ -502,8 +508,9 @@ def format_table(b: FewshotBench) -> str:
         row += [f"{b.maml_peak_mb[name]:.0f}"] if cuda and b.maml_peak_mb else []
         lines.append(" | ".join(row))
     if cuda and b.maml_peak_mb and any(graphed_name(k) in b.maml_seconds for k in ("loop", "vmap")):
-        lines += ["", "CUDA graph rows: peak MiB is that of the first call, which captures the graph; "
-                      "the graph's private pool keeps that memory reserved between calls."]
+        lines += ["", "CUDA graph rows: peak MiB is that of the first call (eager warm-ups, then "
+                      "the capture); between calls the graph's private pool keeps what its capture "
+                      "had alive reserved (tests/test_gpu.py compares it with the eager peak)."]
     graphed = b.variant_seconds_graphed
     cols = [f"variants (core, {b.batching})", "seconds", "time / MAML", "FLOPs / MAML",
             "time / FLOP ratio"]
