@@ -244,14 +244,17 @@ def _run_quietly(config: TrainConfig) -> str | TrainingInterrupted:
     """One run in a pool worker: its path, or its TrainingInterrupted *returned*, since a
     KeyboardInterrupt raised in a worker kills it with a traceback instead of reaching the pool."""
     try:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})   # train saves on Ctrl-C
-        _run_once(config, None)
+        try:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})   # train saves on Ctrl-C
+            _run_once(config, None)
+        finally:
+            # process-wide (threads the run started have SIGINT unblocked), and a pending one
+            # is dropped: the worker exits after this run (maxtasksperchild=1)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     except TrainingInterrupted as stop:
         return stop
-    except KeyboardInterrupt:       # a Ctrl-C held while the worker waited: the run did not start
-        return TrainingInterrupted(f"interrupted before {config.out} started", 128 + signal.SIGINT)
-    finally:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    except KeyboardInterrupt:       # a Ctrl-C outside train's own handling: before or after it
+        return TrainingInterrupted(f"interrupted around the run {config.out}", 128 + signal.SIGINT)
     return config.out
 
 
@@ -262,9 +265,11 @@ def _run_parallel(configs: list[TrainConfig], jobs: int, progress) -> None:
     todo = [c for c in configs if not (Path(c.out) / RESULTS_NAME).is_file()]
     if not todo:
         return
-    with _ctrl_c_blocked():   # the pool's threads, and so every worker they start, inherit it
-        pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(todo)), maxtasksperchild=1)
-    with pool:
+    with contextlib.ExitStack() as stack:
+        with _ctrl_c_blocked():   # the pool's threads, and so every worker they start, inherit it
+            # entered here: a Ctrl-C held until the unblock still closes the pool
+            pool = stack.enter_context(
+                multiprocessing.get_context("spawn").Pool(min(jobs, len(todo)), maxtasksperchild=1))
         for done, out in enumerate(pool.imap_unordered(_run_quietly, todo), 1):
             if isinstance(out, TrainingInterrupted):
                 raise out
