@@ -6,14 +6,15 @@
 #   DEVICE=cpu SCALE=small OUT=DIR bash experiments/bench/gpu_run.sh   # rehearsal of the plumbing
 #   PHASES=compile COMPILE_LIMIT=480 OUT=DIR bash experiments/bench/gpu_run.sh   # one phase, longer
 #
-# Phases: gpu_tests (pytest -m gpu), graphs (bench fewshot --cuda-graph, both settings: the
-# fewshot phase's tables plus the core under one captured CUDA graph per meta-gradient; skipped,
-# with a line saying so, when DEVICE is not cuda*), fewshot (bench fewshot, both settings), memory
-# (bench memory, mini-ImageNet), compile (bench fewshot --compile with and without CUDA graphs,
-# mini-ImageNet), precision (python -m experiments.fewshot.precision_study: MAML on Omniglot
-# 5-way 1-shot trained under float32, tf32 and bf16 with --cuda-graph, test accuracy compared;
-# PRECISION_ITERATIONS meta-iterations, data from DATA_ROOT, default .gpu-data when it holds
-# omniglot/, else ../shared/data).  PHASES selects a subset, run in this order.
+# Phases, in the order they run: gpu_tests (pytest -m gpu), graphs (bench fewshot --cuda-graph,
+# both settings: the fewshot phase's tables plus the core under one captured CUDA graph per
+# meta-gradient; skipped, with a line saying so, when DEVICE is not cuda*), precision (python -m
+# experiments.fewshot.precision_study: MAML on Omniglot 5-way 1-shot trained under float32, tf32
+# and bf16 with --cuda-graph, test accuracy compared; PRECISION_ITERATIONS meta-iterations, data
+# from DATA_ROOT, default .gpu-data when it holds omniglot/, else ../shared/data; on a CPU float32
+# and bf16 at toy sizes), fewshot (bench fewshot, both settings), memory (bench memory,
+# mini-ImageNet), compile (bench fewshot --compile with and without CUDA graphs, mini-ImageNet).
+# PHASES selects a subset; they still run in this order.
 # The phase limits add up to 830 s (90 + 200 + 150 + 150 + 60 + 180), more than the device tool's
 # 600 s for one command: the six do not fit in one.  Split them, e.g. PHASES=gpu_tests,graphs,precision
 # (440 s) then PHASES=fewshot,memory,compile (390 s), each leaving room for the install and the
