@@ -31,6 +31,7 @@ outside, from the caller's generator).
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class _Graphed:
 def clear() -> None:
     """Drop every cached graph (and, once the caller holds no outputs, their memory)."""
     _GRAPHS.clear()
+    _PER_LOSSLESS_KEY.clear()
 
 
 def supported(device: str | torch.device) -> bool:
@@ -171,6 +173,25 @@ _capture = _cuda_capture
 """The capture used (tests on machines without CUDA substitute an eager stand-in)."""
 
 
+NEW_LOSS_WARNING = 3
+"""Captures that differ only by the loss object after which :func:`replay` warns (once)."""
+_PER_LOSSLESS_KEY: dict = {}
+
+
+def _warn_if_loss_is_new_each_call(key: tuple) -> None:
+    """A loss built anew on each call (a lambda, a ``functools.partial``) is a new key each time:
+    every call then pays two warm-ups and a capture instead of one replay.  Said once."""
+    rest = key[:1] + key[2:]
+    seen = _PER_LOSSLESS_KEY.get(rest, 0) + 1
+    _PER_LOSSLESS_KEY[rest] = seen
+    if seen == NEW_LOSS_WARNING:
+        warnings.warn(
+            f"cuda_graph=True has captured the same meta-gradient {seen} times for different "
+            "loss_fn objects: a loss made anew on each call (lambda, functools.partial) defeats "
+            "the cache and makes every call slower than eager; pass the same function object",
+            RuntimeWarning, stacklevel=4)
+
+
 def replay(body: Callable, loss_fn, params: dict, tasks: meta.Tasks, cfg: meta.SharpMAMLConfig,
            masks: dict) -> meta.MetaGradient:
     """``body(loss_fn, params, tasks, cfg, masks)`` from a cached CUDA graph, captured on the
@@ -184,6 +205,7 @@ def replay(body: Callable, loss_fn, params: dict, tasks: meta.Tasks, cfg: meta.S
         out, run, keep = _capture(lambda: body(loss_fn, s_params, s_tasks, cfg, s_masks), device)
         entry = _Graphed((s_params, s_tasks, s_masks), out, run, keep)
         _COUNTS["captures"] += 1
+        _warn_if_loss_is_new_each_call(key)
         _GRAPHS[key] = entry
         while len(_GRAPHS) > MAX_GRAPHS:
             _GRAPHS.popitem(last=False)

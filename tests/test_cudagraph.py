@@ -8,6 +8,8 @@ the static outputs themselves, or reused a graph across layouts gives wrong numb
 a GPU.  What a real graph freezes and the stand-in reruns (host-side state) and the capture
 itself (``testbed.cudagraph._cuda_capture``) are for tests/test_gpu.py."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -128,3 +130,16 @@ def test_a_failed_capture_caches_nothing_and_the_refusal_says_what_cannot_be_cap
                                            r"\.item\(\).*cuda_graph=False"):
         _alg("maml", True).meta_gradient(cross_entropy_loss, params, tasks)
     assert not cudagraph._GRAPHS and cudagraph.counts()["captures"] == before
+
+
+def test_a_loss_made_anew_on_every_call_is_warned_about_once(cuda_graph_stand_in):
+    params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
+    alg = _alg("maml", True)
+    with pytest.warns(RuntimeWarning, match="loss_fn objects") as seen:
+        for _ in range(cudagraph.NEW_LOSS_WARNING + 2):
+            alg.meta_gradient(lambda p, b: cross_entropy_loss(p, b), params, tasks)
+    assert len([w for w in seen if "loss_fn objects" in str(w.message)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # one function object: replays, no warning
+        for _ in range(cudagraph.NEW_LOSS_WARNING + 2):
+            alg.meta_gradient(cross_entropy_loss, params, tasks)
