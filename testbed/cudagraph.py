@@ -4,7 +4,8 @@ Why: a Conv-4 meta-gradient at the paper's sizes is thousands of small kernels (
 steps, their double backward, M tasks, two passes for Sharp-MAML_up/both).  On an H200 the
 host's cost of launching them dominates: the core's per-task loop took 0.27 s on mini-ImageNet
 5-way 1-shot where its FLOPs need milliseconds (``results/bench/gpu-h200/``).  A CUDA graph
-records the launches once and replays them as one.
+records the launches once and replays them as one: on the H200 the replayed loop took 0.080 s
+there, 3.13x the speed of a ``higher`` loop (``results/bench/gpu-h200-graphs/``).
 
 How: the first call with a given loss, configuration and input layout (shapes, dtypes, device,
 autocast and TF32 settings) copies its inputs into static buffers, runs the eager
