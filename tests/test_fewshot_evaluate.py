@@ -165,6 +165,17 @@ def test_a_checkpoint_from_an_unusable_device_is_evaluated_on_the_cpu_saying_so(
     assert "'cuda:99'" in capsys.readouterr().err
 
 
+def test_a_cuda_graph_run_is_evaluated_and_plotted_on_the_cpu(trained, tmp_path, capsys):
+    """``--cuda-graph`` changes the speed of training, not its numbers, and evaluation never
+    replays a meta-gradient: its checkpoint evaluates anywhere, as the same run without it."""
+    graphed = _edited_copy(trained[0], tmp_path / "graphed.pt", config={"device": "cuda:99", "cuda_graph": True})
+    assert main(["eval", graphed, "--episodes", "3", "--quiet", "--json"]) == 0
+    assert _strict(capsys.readouterr().out)["accuracy"] == evaluate_checkpoint(trained[0], episodes=3).accuracy
+    out = tmp_path / "g.png"
+    assert main(["landscape", graphed, "--points", "2", "--device", "cpu", "--out", str(out)]) == 0
+    assert out.is_file()
+
+
 def test_a_checkpoint_whose_shapes_do_not_match_its_config_is_refused_naming_both(trained, tmp_path, capsys):
     wrong = _edited_copy(trained[0], tmp_path / "wrong.pt", config={"hidden": 8})
     with pytest.raises(ValueError, match=re.escape(f"checkpoint {wrong} is inconsistent: params['conv1.weight'] "

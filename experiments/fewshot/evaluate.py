@@ -39,6 +39,7 @@ from experiments.fewshot.checkpoint import load_checkpoint
 from experiments.fewshot.common import (STREAM_EVAL_SWP, derived_generator, episode_metrics,
                                         evaluation_episode_seed, precision_context, split_episode)
 from experiments.fewshot.config import TrainConfig, device_problem
+from testbed import cudagraph
 
 Z_95 = 1.96
 """Two-sided 95% normal quantile, as in MAML's ``ci95 = 1.96 * std / sqrt(n)``."""
@@ -211,6 +212,10 @@ def checkpoint_config(saved: Mapping[str, Any], device: str | None = None,
     if data.get("precision") == "tf32" and not device.startswith("cuda"):
         said.append(f"precision tf32 needs CUDA; using float32 on {device}")
         data["precision"] = "float32"
+    if not cudagraph.supported(device):
+        # training's CUDA-graph replay changes speed, not numbers, and evaluation never
+        # replays a meta-gradient: nothing to say, nothing to refuse
+        data["cuda_graph"] = False
     data["device"] = device
     config = TrainConfig.from_dict(data)
     if notes is not None:
