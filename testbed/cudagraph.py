@@ -81,8 +81,7 @@ def _layout(tree) -> str:
 
 
 def _check(params: dict, tasks: meta.Tasks, masks: dict) -> torch.device:
-    if not meta._no_transform_active() or any(
-            v.requires_grad or meta.is_functorch_wrapped_tensor(v) for v in params.values()):
+    if not meta._outermost(params):
         raise ValueError("cuda_graph=True returns a constant meta-gradient: it cannot run under a "
                          "torch.func transform or with parameters that require grad (use "
                          "cuda_graph=False to differentiate through the meta-gradient)")

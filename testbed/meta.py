@@ -314,10 +314,16 @@ def _step_grad(f: Callable, point: Mapping[str, torch.Tensor], plain: bool, *,
     with torch.enable_grad():
         out = f(inputs)
     value, aux = out if has_aux else (out, None)
-    graph = create_graph and any(v.requires_grad for v in point.values())
-    grads = torch.autograd.grad(value, list(inputs.values()), create_graph=graph, allow_unused=True)
-    g = {k: torch.zeros_like(v) if d is None else d for (k, v), d in zip(inputs.items(), grads)}
+    g = _autograd_dict(value, inputs, create_graph and any(v.requires_grad for v in point.values()))
     return (g, aux) if has_aux else g
+
+
+def _autograd_dict(value: torch.Tensor, inputs: dict, create_graph: bool = False) -> dict:
+    """``torch.autograd.grad`` of ``value`` with respect to a parameter dict, as a dict, with
+    zeros (as ``torch.func.grad`` gives) for inputs ``value`` does not depend on."""
+    grads = torch.autograd.grad(value, list(inputs.values()), create_graph=create_graph,
+                                allow_unused=True)
+    return {k: torch.zeros_like(v) if d is None else d for (k, v), d in zip(inputs.items(), grads)}
 
 
 def _inner_loop(loss_fn: LossFn, cfg: SharpMAMLConfig, params: Mapping[str, torch.Tensor],
@@ -575,8 +581,7 @@ def _grad_and_value(f: Callable, params: dict, has_aux: bool = False):
     with torch.enable_grad():
         out = f(leaves)
     value, aux = out if has_aux else (out, None)
-    grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
-    g = {k: torch.zeros_like(v) if d is None else d for (k, v), d in zip(leaves.items(), grads)}
+    g = _autograd_dict(value, leaves)
     aux = _tree_map(torch.Tensor.detach, aux)
     return g, ((value.detach(), aux) if has_aux else value.detach())
 

@@ -327,7 +327,8 @@ def run(config: PrecisionStudyConfig, *, progress: TextIO | None = sys.stderr) -
         if data is not None:
             _say(progress, f"{p}: finished earlier, reusing {config.run_dir(p) / RESULTS_NAME}")
     _train_all(config, [p for p, data in done.items() if data is None], progress)
-    results = {p: json.loads((config.run_dir(p) / RESULTS_NAME).read_text()) for p in config.precisions}
+    results = {p: done[p] or json.loads((config.run_dir(p) / RESULTS_NAME).read_text())
+               for p in config.precisions}
     reference = results[REFERENCE]
     rows = [_row(p, results[p], None if p == REFERENCE else reference) for p in config.precisions]
     return {"study": asdict(config), "rows": rows}
