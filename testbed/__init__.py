@@ -18,7 +18,8 @@ Public API:
 * :mod:`testbed.params`: helpers over parameter dicts.
 * :mod:`testbed.cudagraph`: what ``SharpMAMLConfig(cuda_graph=True)`` runs, a whole
   meta-gradient replayed from one captured CUDA graph (:func:`cudagraph.clear`,
-  :func:`cudagraph.counts`, :func:`cudagraph.supported`).
+  :func:`cudagraph.counts`, :func:`cudagraph.supported`), and
+  :class:`cudagraph.MetaGradientGraph`, the same capture reading the caller's tensors in place.
 
 Nothing here imports :mod:`experiments`.
 """

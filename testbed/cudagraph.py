@@ -16,6 +16,14 @@ function is the eager one (:func:`testbed.meta._meta_gradient`), so the numbers 
 path's; the SWP masks are drawn on the host side from the caller's generator, as eagerly, and
 copied in like the data.
 
+In place (:class:`MetaGradientGraph`): the copies above hold a second copy of the parameters
+and the meta-batch on the device (about 25 MiB of 1.2 GiB for mini-ImageNet 5-way 1-shot).  A
+caller that can write its inputs into the graph's own tensors (an optimiser updating the
+parameters in place, a data loader copying each episode from the host) avoids it: a
+:class:`MetaGradientGraph` adopts the parameters and tasks it is given, without copying, and
+reads them in place at every replay.  ``testbed train --cuda-graph`` and the bench's CUDA graph
+rows use it.
+
 Memory: the graph keeps a private pool sized by what its capture had alive at its peak
 (tensors freed during a capture are reused within it, so ``task_batching="loop"`` should keep
 one task's graph, as it does eagerly; ``tests/test_gpu.py`` checks the pool against the eager
@@ -35,7 +43,6 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
@@ -49,14 +56,6 @@ WARMUP = 2
 _DEVICE_TYPE = "cuda"
 _GRAPHS: OrderedDict = OrderedDict()
 _COUNTS = {"captures": 0, "replays": 0}
-
-
-@dataclass
-class _Graphed:
-    inputs: tuple            # (params, tasks, masks): the static buffers the graph reads
-    outputs: meta.MetaGradient   # the static buffers the graph writes
-    replay: Callable[[], None]
-    keep: object = None      # the CUDAGraph (its pool lives as long as it does)
 
 
 def clear() -> None:
@@ -93,22 +92,35 @@ def _check(params: dict, tasks: meta.Tasks, masks: dict) -> torch.device:
     return leaves[0].device
 
 
-def _key(body, loss_fn, params, tasks, cfg, masks, device) -> tuple:
-    """What the captured kernels depend on besides the values of the inputs: the function and
-    loss (by identity: a new lambda per call captures anew), the configuration, the layouts,
-    and the settings that choose kernels (autocast, TF32 and float32 matmul precision, cuDNN)."""
-    amp = (device.type == "cuda" and torch.is_autocast_enabled(device.type))
+def _settings(device: torch.device) -> tuple:
+    """The process settings that choose kernels: autocast (and its dtype), TF32 and float32
+    matmul precision, cuDNN's switches."""
+    amp = torch.is_autocast_enabled(device.type)
     cudnn = torch.backends.cudnn
-    return (body, loss_fn, cfg, _layout(params), _layout(tasks), _layout(masks), amp,
-            torch.get_autocast_dtype(device.type) if amp else None,
+    return (amp, torch.get_autocast_dtype(device.type) if amp else None,
             torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32,
             torch.get_float32_matmul_precision(), cudnn.enabled, cudnn.benchmark,
             cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
 
 
+def _key(body, loss_fn, params, tasks, cfg, masks, device) -> tuple:
+    """What the captured kernels depend on besides the values of the inputs: the function and
+    loss (by identity: a new lambda per call captures anew), the configuration, the layouts,
+    and the settings that choose kernels (:func:`_settings`)."""
+    return (body, loss_fn, cfg, _layout(params), _layout(tasks), _layout(masks), *_settings(device))
+
+
 def _copy_into(static, new) -> None:
+    """Copy ``new``'s values into ``static`` (same layout), skipping a leaf that is its buffer
+    (the same tensor, or a view of the same memory, as ``param.detach()`` is)."""
     for s, n in zip(meta._leaves(static), meta._leaves(new)):
-        s.copy_(n)
+        if not _same_memory(s, n):
+            s.copy_(n, non_blocking=True)
+
+
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a is b or (a.device == b.device and a.dtype == b.dtype and a.shape == b.shape
+                      and a.stride() == b.stride() and a.data_ptr() == b.data_ptr())
 
 
 def refused(error: BaseException) -> RuntimeError:
@@ -192,27 +204,107 @@ def _warn_if_loss_is_new_each_call(key: tuple) -> None:
             RuntimeWarning, stacklevel=4)
 
 
+class MetaGradientGraph:
+    """One meta-gradient captured in a CUDA graph that reads its inputs in place.
+
+    ``MetaGradientGraph(loss_fn, params, tasks, cfg)`` adopts ``params`` and ``tasks`` as they
+    are (no copy): the graph, captured on the first call, reads these very tensors at every
+    replay.  Give it new inputs by writing into them: an optimiser's in-place step on the
+    parameters, or :meth:`load`, which copies values in from any device (a host episode goes
+    straight into the graph's tensors, with no second copy on the GPU).
+
+    ``graph(generator=None)`` is :func:`testbed.meta.meta_gradient` of the adopted tensors'
+    current values under ``cfg`` (its ``cuda_graph`` and ``compile`` fields aside), with the SWP
+    masks drawn from ``generator`` as eagerly; it returns copies of the graph's outputs.  The
+    process settings that choose kernels (autocast, TF32, cuDNN) must be those of the first
+    call: a call under others is refused, as a replay would silently ignore them.
+
+    The tensors stay adopted as long as the object lives: do not resize or replace them (a
+    new dict entry, ``param.data = ...``); keep the object and drop it to free its pool.
+    """
+
+    def __init__(self, loss_fn: meta.LossFn, params: dict, tasks: meta.Tasks,
+                 cfg: meta.SharpMAMLConfig, *, _body: Callable | None = None):
+        self.loss_fn, self.cfg = loss_fn, cfg
+        self.params, self.tasks = dict(params), tasks
+        meta._check_adapt_names(cfg, self.params)
+        self.num_tasks = meta.num_tasks(tasks)
+        self.device = _check(self.params, tasks, {})
+        self._body = _body or meta._meta_gradient
+        self._masks = self._outputs = self._replay = self._graph = self._settings = None
+
+    def load(self, params: dict | None = None, tasks: meta.Tasks | None = None) -> None:
+        """Copy new values into the adopted tensors (from any device; shapes and dtypes must be
+        the adopted ones).  The copies are queued on the current stream, as the replay is."""
+        for name, new, mine in (("params", params, self.params), ("tasks", tasks, self.tasks)):
+            if new is None:
+                continue
+            want, got = _shapes(mine), _shapes(dict(new) if name == "params" else new)
+            if want != got:
+                raise ValueError(f"load({name}=...) needs the layout the graph was made for, "
+                                 f"{want}; got {got}")
+            _copy_into(mine, dict(new) if name == "params" else new)
+
+    def __call__(self, generator: torch.Generator | None = None) -> meta.MetaGradient:
+        """The meta-gradient at the adopted tensors' current values (captured on the first call)."""
+        masks = meta._swp_masks(self.cfg, self.params, self.num_tasks, generator)
+        _check(self.params, self.tasks, masks)
+        return self._run(masks)
+
+    def _run(self, masks: dict) -> meta.MetaGradient:
+        settings = _settings(self.device)
+        if self._replay is None:
+            self._masks = meta._tree_map(lambda t: t.detach().clone(), masks)
+            params, tasks, cfg, body, s_masks = self.params, self.tasks, self.cfg, self._body, self._masks
+            self._outputs, self._replay, self._graph = _capture(
+                lambda: body(self.loss_fn, params, tasks, cfg, s_masks), self.device)
+            self._settings = settings
+            _COUNTS["captures"] += 1
+        elif settings != self._settings:
+            raise ValueError(
+                "this CUDA graph was captured under other kernel settings: "
+                f"{_differences(self._settings, settings)}. Call it under the capture's "
+                "settings, or make a new MetaGradientGraph for these")
+        _copy_into(self._masks, masks)
+        self._replay()
+        _COUNTS["replays"] += 1
+        g = self._outputs
+        return meta.MetaGradient({k: v.clone() for k, v in g.grad.items()}, g.loss.clone(),
+                                 None if g.eps is None else {k: v.clone() for k, v in g.eps.items()})
+
+
+def _shapes(tree) -> str:
+    """A tree's structure with each leaf's shape and dtype (not its device)."""
+    return repr(meta._tree_map(lambda t: (tuple(t.shape), t.dtype), tree))
+
+
+_SETTING_NAMES = ("autocast", "autocast dtype", "matmul allow_tf32", "cudnn allow_tf32",
+                  "float32 matmul precision", "cudnn enabled", "cudnn benchmark",
+                  "cudnn deterministic", "deterministic algorithms")
+
+
+def _differences(then: tuple, now: tuple) -> str:
+    return ", ".join(f"{n} {a} at capture, {b} now"
+                     for n, a, b in zip(_SETTING_NAMES, then, now) if a != b)
+
+
 def replay(body: Callable, loss_fn, params: dict, tasks: meta.Tasks, cfg: meta.SharpMAMLConfig,
            masks: dict) -> meta.MetaGradient:
     """``body(loss_fn, params, tasks, cfg, masks)`` from a cached CUDA graph, captured on the
-    first call of its kind; returns copies of the outputs (the next replay overwrites them)."""
+    first call of its kind over copies of the inputs (a :class:`MetaGradientGraph` of
+    clones); later calls copy their inputs in.  Returns copies of the outputs."""
     device = _check(params, tasks, masks)
     key = _key(body, loss_fn, params, tasks, cfg, masks, device)
     entry = _GRAPHS.get(key)
     if entry is None:
-        static = meta._tree_map(lambda t: t.detach().clone(), (params, tasks, masks))
-        s_params, s_tasks, s_masks = static
-        out, run, keep = _capture(lambda: body(loss_fn, s_params, s_tasks, cfg, s_masks), device)
-        entry = _Graphed((s_params, s_tasks, s_masks), out, run, keep)
-        _COUNTS["captures"] += 1
+        entry = MetaGradientGraph(loss_fn, meta._tree_map(lambda t: t.detach().clone(), params),
+                                  meta._tree_map(lambda t: t.detach().clone(), tasks), cfg, _body=body)
+        out = entry._run(masks)          # captures (a refused capture caches nothing)
         _warn_if_loss_is_new_each_call(key)
         _GRAPHS[key] = entry
         while len(_GRAPHS) > MAX_GRAPHS:
             _GRAPHS.popitem(last=False)
+        return out
     _GRAPHS.move_to_end(key)
-    _copy_into(entry.inputs, (params, tasks, masks))
-    entry.replay()
-    _COUNTS["replays"] += 1
-    g = entry.outputs
-    return meta.MetaGradient({k: v.clone() for k, v in g.grad.items()}, g.loss.clone(),
-                             None if g.eps is None else {k: v.clone() for k, v in g.eps.items()})
+    _copy_into((entry.params, entry.tasks), (params, tasks))   # the key fixed their layouts
+    return entry._run(masks)

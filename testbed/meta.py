@@ -156,8 +156,9 @@ class SharpMAMLConfig:
                  Sharp-MAML_up/both) in one CUDA graph on its first call and replay it
                  on later calls with the same configuration, loss and shapes
                  (:mod:`testbed.cudagraph`): one launch per meta-iteration instead of
-                 thousands, with the peak memory of the eager call.  CUDA tensors only;
-                 the result is a constant (not differentiable further).
+                 thousands, with the eager call's peak memory plus a copy of the inputs
+                 (:class:`testbed.cudagraph.MetaGradientGraph` reads them in place
+                 instead).  CUDA tensors only; the result is a constant.
     task_batching: "vmap" (one vectorised call over tasks) or "loop".
     """
 
@@ -643,16 +644,20 @@ def meta_gradient(loss_fn: LossFn, params: Mapping[str, torch.Tensor], tasks: Ta
         (eq. 15 sums; take ``beta_up`` ``M`` times smaller to match it).
     """
     params = dict(params)
-    if cfg.adapt_names is not None:
-        missing = [n for n in cfg.adapt_names if n not in params]
-        if missing:
-            raise ValueError(f"adapt_names {missing} are not parameters of the model; its "
-                             f"parameters are {sorted(params)}")
+    _check_adapt_names(cfg, params)
     masks = _swp_masks(cfg, params, num_tasks(tasks), generator)
     if cfg.cuda_graph:
         from testbed import cudagraph
         return cudagraph.replay(_meta_gradient, loss_fn, params, tasks, cfg, masks)
     return _meta_gradient(loss_fn, params, tasks, cfg, masks)
+
+
+def _check_adapt_names(cfg: SharpMAMLConfig, params: Mapping[str, torch.Tensor]) -> None:
+    if cfg.adapt_names is not None:
+        missing = [n for n in cfg.adapt_names if n not in params]
+        if missing:
+            raise ValueError(f"adapt_names {missing} are not parameters of the model; its "
+                             f"parameters are {sorted(params)}")
 
 
 def _meta_gradient(loss_fn: LossFn, params: dict, tasks: Tasks, cfg: SharpMAMLConfig,

@@ -154,3 +154,18 @@ def test_bench_cli_refuses_cuda_graph_on_a_cpu_in_one_line(capsys):
     assert main(["bench", "fewshot", "--device", "cpu", "--cuda-graph"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "testbed bench: error: --cuda-graph needs --device cuda, got cpu"
+
+
+def test_the_graphed_rows_read_the_benchs_own_tensors(cuda_graph_stand_in, one_thread):
+    """No copy of the meta-batch beside the bench's: the graph adopts its tensors (on a GPU
+    a copy would show in the row's peak memory)."""
+    params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
+    run = fewshot.core_maml("loop", cuda_graph=True)
+    first = run(params, tasks, TINY.beta_low, TINY.inner_steps)
+    (graph,) = fewshot._IN_PLACE.values()
+    assert graph.tasks is tasks and all(graph.params[k] is params[k] for k in params)
+    again = run(params, tasks, TINY.beta_low, TINY.inner_steps)
+    assert len(fewshot._IN_PLACE) == 1 and cuda_graph_stand_in.counts()["replays"] >= 2
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    fewshot.clear_graphs()
+    assert not fewshot._IN_PLACE

@@ -143,3 +143,88 @@ def test_a_loss_made_anew_on_every_call_is_warned_about_once(cuda_graph_stand_in
         warnings.simplefilter("error")          # one function object: replays, no warning
         for _ in range(cudagraph.NEW_LOSS_WARNING + 2):
             alg.meta_gradient(cross_entropy_loss, params, tasks)
+
+
+# ---------------------------------------------------------------------------
+# MetaGradientGraph: the inputs adopted and read in place
+
+
+def _graph(name, params, tasks, batching="loop"):
+    return cudagraph.MetaGradientGraph(cross_entropy_loss, params, tasks,
+                                       _alg(name, False, batching).config)
+
+
+@pytest.mark.parametrize("name", ["maml", "sharp-both", "esharp"])
+def test_an_in_place_graph_reads_the_adopted_tensors_as_they_are_at_each_call(
+        cuda_graph_stand_in, name):
+    """Written into in place (an optimiser's step, :meth:`load` from elsewhere), the adopted
+    tensors give the eager meta-gradient at their new values; nothing is copied in their
+    stead (a graph over copies would keep giving the first call's numbers)."""
+    params, tasks = fewshot.make_problem(TINY, dtype=torch.float64, seed=0)
+    graph = _graph(name, params, tasks)
+    assert all(graph.params[k] is params[k] for k in params) and graph.tasks is tasks
+    eager = _alg(name, False)
+    before = cudagraph.counts()
+    for seed in (0, 1, 2):
+        p, t = fewshot.make_problem(TINY, dtype=torch.float64, seed=seed)
+        with torch.no_grad():
+            for k in params:
+                params[k].copy_(p[k])                  # as an optimiser's in-place step
+        graph.load(tasks=t)
+        _close(graph(torch.Generator().manual_seed(seed)),
+               eager.meta_gradient(cross_entropy_loss, p, t, generator=torch.Generator().manual_seed(seed)))
+        assert torch.equal(tasks.query["x"], t.query["x"])   # load wrote into the adopted tensors
+    after = cudagraph.counts()
+    assert (after["captures"] - before["captures"], after["replays"] - before["replays"]) == (1, 3)
+
+
+def test_load_skips_what_already_is_the_graphs_memory_and_checks_layouts(cuda_graph_stand_in):
+    params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
+    graph = _graph("maml", params, tasks)
+    copied = []
+    real = torch.Tensor.copy_
+    views = {k: v.detach() for k, v in params.items()}          # new objects, same memory
+    try:
+        torch.Tensor.copy_ = lambda self, src, non_blocking=False: copied.append(1) or real(self, src, non_blocking)
+        graph.load(params=views, tasks=tasks)
+    finally:
+        torch.Tensor.copy_ = real
+    assert copied == []
+    with pytest.raises(ValueError, match=r"load\(tasks=...\) needs the layout"):
+        graph.load(tasks=fewshot.make_problem(fewshot.replace(TINY, meta_batch=3), dtype=torch.float64)[1])
+    with pytest.raises(ValueError, match=r"load\(params=...\) needs the layout.*float32"):
+        graph.load(params={k: v.float() for k, v in params.items()})
+
+
+def test_an_in_place_graph_refuses_a_call_under_other_kernel_settings(cuda_graph_stand_in, monkeypatch):
+    params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
+    graph = _graph("maml", params, tasks)
+    graph()
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", not torch.backends.cudnn.deterministic)
+    with pytest.raises(ValueError, match="other kernel settings: cudnn deterministic (False|True) at capture, (True|False) now"):
+        graph()
+
+
+def test_an_in_place_graph_checks_its_inputs_when_made(cuda_graph_stand_in):
+    params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
+    with pytest.raises(ValueError, match="adapt_names"):
+        cudagraph.MetaGradientGraph(cross_entropy_loss, params, tasks, meta.SharpMAMLConfig(
+            beta_low=0.1, adapt_names=("nope",)))
+    with pytest.raises(ValueError, match="constant meta-gradient"):
+        _graph("maml", {k: v.clone().requires_grad_(True) for k, v in params.items()}, tasks)
+    with pytest.raises(ValueError, match="SWP|generator"):
+        _graph("esharp", params, tasks)()          # masks need a generator, as eagerly
+
+
+def test_a_refused_in_place_capture_can_be_tried_again(cuda_graph_stand_in, monkeypatch):
+    params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
+    graph = _graph("maml", params, tasks)
+    stand_in = cudagraph._capture
+
+    def refusing(fn, device):
+        raise cudagraph.refused(RuntimeError("operation not permitted when stream is capturing"))
+    monkeypatch.setattr(cudagraph, "_capture", refusing)
+    with pytest.raises(RuntimeError, match="could not capture"):
+        graph()
+    monkeypatch.setattr(cudagraph, "_capture", stand_in)
+    _close(graph(), _alg("maml", False).meta_gradient(cross_entropy_loss, params, tasks))

@@ -24,6 +24,7 @@ from experiments.fewshot.toy import write_toy_folder
 from experiments.fewshot.train import (LOG_NAME, RESULTS_NAME, NonFiniteError, TrainingInterrupted,
                                        _Signalled, _Signals, run)
 from testbed.algorithms import NAMES
+from testbed.meta import _leaves as meta_leaves
 
 KILL_POLL_S = 0.005
 """How often the kill test looks for the first checkpoint."""
@@ -367,6 +368,25 @@ def test_cuda_graph_trains_the_same_parameters(name, toy, tmp_path, request):
     a = load_checkpoint(tmp_path / "eager" / CHECKPOINT_NAME)["params"]
     b = load_checkpoint(tmp_path / "graphed" / CHECKPOINT_NAME)["params"]
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_cuda_graph_reads_the_optimisers_parameters_in_place_and_loads_episodes_from_the_host(
+        toy, tmp_path, cuda_graph_stand_in, monkeypatch):
+    """The graph adopts the optimiser's parameters (updated in place by its steps), so no
+    iteration copies them; each new episode is copied into the graph's task tensors."""
+    copied = {"params": 0, "tasks": 0}
+    real = cuda_graph_stand_in._copy_into
+
+    def spy(static, new):
+        kind = "params" if isinstance(static, dict) else "tasks"
+        copied[kind] += sum(not cuda_graph_stand_in._same_memory(s, n) for s, n in zip(
+            meta_leaves(static), meta_leaves(new)))
+        real(static, new)
+    monkeypatch.setattr(cuda_graph_stand_in, "_copy_into", spy)
+    run(_tiny(toy, tmp_path, algorithm="maml", iterations=3, inner_steps=2, task_batching="loop",
+              eval_episodes=0, cuda_graph=True), progress=None)
+    assert copied["params"] == 0
+    assert copied["tasks"] == 2 * 4      # iterations 2 and 3: support/query x and y
 
 
 def test_cuda_graph_needs_cuda_and_a_maml_type_algorithm(toy, tmp_path, capsys, monkeypatch):

@@ -139,6 +139,58 @@ def test_cuda_graph_memory_pool_is_the_eager_peak_not_more():
     cudagraph.clear()
 
 
+def test_in_place_graph_follows_in_place_updates_of_its_inputs():
+    """A real capture reading adopted tensors: parameters stepped in place and episodes
+    loaded from the host give the eager numbers at each call."""
+    params, tasks = fewshot.make_problem(TINY, device="cuda", dtype=torch.float64)
+    alg = algorithms.make("esharp", beta_low=0.3, inner_steps=2, task_batching="loop")
+    graph = cudagraph.MetaGradientGraph(cross_entropy_loss, params, tasks, alg.config)
+    for seed in (0, 1, 2):
+        with torch.no_grad():
+            for v in params.values():
+                v.mul_(0.9)                              # an optimiser's in-place step
+        host = fewshot.make_problem(TINY, dtype=torch.float64, seed=seed)[1]
+        graph.load(tasks=host)
+        gen = lambda: torch.Generator(device="cuda").manual_seed(seed)   # noqa: E731
+        got = graph(gen())
+        want = alg.meta_gradient(cross_entropy_loss, params,
+                                 fewshot.make_problem(TINY, device="cuda", dtype=torch.float64,
+                                                      seed=seed)[1], generator=gen())
+        assert _max_diff(got.grad, want.grad) <= 1e-10
+
+
+def test_in_place_graph_holds_no_copy_of_the_meta_batch():
+    """Peak allocated memory of the first call (warm-ups and capture) above the inputs: the
+    in-place graph's is the eager loop's (no second copy of the meta-batch); the copying path
+    (``cuda_graph=True``) adds about the batch's size, which shows the test can tell."""
+    setting = fewshot.Setting("wide", ways=5, shots=1, queries=15, image_size=84, channels=3,
+                              inner_steps=1, meta_batch=4, beta_low=0.1, hidden=4)
+    params, tasks = fewshot.make_problem(setting, device="cuda")
+    batch = sum(t.numel() * t.element_size() for part in tasks for t in part.values())
+    eager = algorithms.make("maml", beta_low=0.1, inner_steps=1, task_batching="loop")
+
+    def peak(fn):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    cudagraph.clear()
+    eager_peak = peak(lambda: eager.meta_gradient(cross_entropy_loss, params, tasks))
+    graph = cudagraph.MetaGradientGraph(cross_entropy_loss, params, tasks, eager.config)
+    in_place = peak(graph)
+    copying = peak(lambda: algorithms.with_config(eager, cuda_graph=True).meta_gradient(
+        cross_entropy_loss, params, tasks))
+    print(f"batch {batch / 2**20:.1f} MiB; first-call peaks: eager {eager_peak / 2**20:.1f}, "
+          f"in place {in_place / 2**20:.1f}, copying {copying / 2**20:.1f} MiB")
+    assert in_place <= eager_peak + 0.25 * batch
+    assert copying >= eager_peak + 0.75 * batch
+    del graph
+    cudagraph.clear()
+
+
 def test_cuda_graph_under_bf16_autocast_gives_the_eager_autocast_numbers():
     params, tasks = fewshot.make_problem(TINY, device="cuda")
     eager = algorithms.make("sharp-low", beta_low=0.3, inner_steps=2, task_batching="loop")

@@ -18,8 +18,9 @@ meta-batch), in one process:
 3. Peak memory per implementation and per variant (CUDA only; on CPU
    ``testbed bench memory`` measures it, one process per measurement).
 4. With ``cuda_graph`` (CUDA only): the core's meta-gradient replayed from one captured CUDA
-   graph (``SharpMAMLConfig(cuda_graph=True)``, :mod:`testbed.cudagraph`), as MAML rows
-   checked like the others and as a graphed time for every variant.
+   graph that reads the bench's own tensors in place (:class:`testbed.cudagraph.MetaGradientGraph`,
+   as ``testbed train --cuda-graph`` runs it), as MAML rows checked like the others and as a
+   graphed time for every variant.
 
 Times are medians over ``repeats`` rounds after one warm-up; each round runs every
 implementation (or every variant) once, in turn.
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from experiments.fewshot.model import HEAD_NAMES, conv4_forward, cross_entropy_loss, init_conv4
-from testbed import Tasks, algorithms, cudagraph
+from testbed import Tasks, algorithms, cudagraph, meta
 from testbed.meta import COMPILE_MODES
 from testbed import validate as V
 
@@ -252,14 +253,32 @@ def parallel_metalearn_maml(params: dict, tasks: Tasks, beta_low: float, steps: 
     return {k: grads[k] for k in params}
 
 
+_IN_PLACE: dict = {}
+"""The CUDA graph rows' graphs, by configuration and the tensors they adopted (held alive by
+the graph, so their ids cannot be reused while cached); :func:`clear_graphs` drops them."""
+
+
+def clear_graphs() -> None:
+    """Drop every graph the bench made (and their pools once no output is held)."""
+    _IN_PLACE.clear()
+    cudagraph.clear()
+
+
 def core_maml(batching: str, compile: bool = False, mode: str = "default",
               cuda_graph: bool = False) -> Callable:
+    """The core's MAML meta-gradient; ``cuda_graph``: from a :class:`cudagraph.MetaGradientGraph`
+    that adopts the given tensors (captured on the first call with them, replayed after)."""
     def run(params, tasks, beta_low, steps):
         alg = algorithms.make("maml", beta_low=beta_low, inner_steps=steps, task_batching=batching)
         if compile:
             alg = algorithms.with_config(alg, compile=True, compile_mode=mode)
         if cuda_graph:
-            alg = algorithms.with_config(alg, cuda_graph=True)
+            key = (batching, beta_low, steps, *map(id, meta._leaves((params, tasks))))
+            graph = _IN_PLACE.get(key)
+            if graph is None:
+                graph = _IN_PLACE[key] = cudagraph.MetaGradientGraph(
+                    cross_entropy_loss, params, tasks, alg.config)
+            return graph().grad
         return alg.meta_gradient(cross_entropy_loss, params, tasks).grad
     return run
 
@@ -286,9 +305,9 @@ def implementations(compile: bool = False, compile_modes: tuple[str, ...] = ("de
     its first call per dtype and shape compiles (minutes for Conv-4 on a CPU, not timed: the
     warm-up and the float64 check take it).
 
-    ``cuda_graph`` adds the core's loop and vmap under ``cuda_graph=True``
-    (:func:`graphed_name`; CUDA tensors only): the first call per dtype and shape captures
-    the graph, later calls replay it.
+    ``cuda_graph`` adds the core's loop and vmap replayed from CUDA graphs that read their
+    inputs in place (:func:`graphed_name`; CUDA tensors only): the first call with given
+    tensors captures the graph, later calls with them replay it (:func:`clear_graphs`).
     """
     out = {"core, vmap": core_maml("vmap"), "core, loop": core_maml("loop"),
            "autograd loop": plain_autograd_maml}
@@ -432,14 +451,14 @@ def run(setting: Setting, device: str = "cpu", repeats: int = 3,
     if cuda_graph:
         # the check's graphs (and an earlier run's) go, pools included, so that each graphed
         # row's warm-up, where its peak memory is read, is the capture of its timed graph
-        cudagraph.clear()
+        clear_graphs()
     say("timing MAML, every implementation in turn")
     try:
         maml_seconds, maml_peak = interleaved_medians(
             {name: (lambda fn=fn: fn(*args)) for name, fn in impls.items()}, repeats, device, say)
     finally:
         if cuda_graph:
-            cudagraph.clear()      # their pools, before the variants' graphs add theirs
+            clear_graphs()         # their pools, before the variants' graphs add theirs
     batching = "vmap" if maml_seconds["core, vmap"] <= maml_seconds["core, loop"] else "loop"
     gflops, calls, graphed = {}, {}, {}
     for name in variants:
@@ -452,27 +471,30 @@ def run(setting: Setting, device: str = "cpu", repeats: int = 3,
             calls[name]()
         gflops[name] = counter.get_total_flops() / 1e9
         if cuda_graph:
-            graphed[f"{name}, CUDA graph"] = _variant_call(
-                algorithms.with_config(alg, cuda_graph=True), params, tasks)
+            graphed[f"{name}, CUDA graph"] = _variant_call(alg, params, tasks, graphed=True)
     # graphed calls after the eager ones: each eager peak is read before any variant's capture
     say(f"timing every variant in turn (core, {batching})"
         + (", eager and under a CUDA graph" if cuda_graph else ""))
     try:
         seconds, peak = interleaved_medians({**calls, **graphed}, repeats, device, say)
     finally:
-        if cuda_graph:
-            cudagraph.clear()      # their pools, before another setting's graphs are captured
+        graphed.clear()            # their pools, before another setting's graphs are captured
     return FewshotBench(setting, device, repeats, maml_seconds, agreement, float32_error,
                         {n: seconds[n] for n in calls}, gflops, {n: peak[n] for n in calls},
                         batching, maml_peak,
                         {n: seconds[f"{n}, CUDA graph"] for n in calls} if cuda_graph else None)
 
 
-def _variant_call(alg, params: dict, tasks: Tasks) -> Callable[[], object]:
+def _variant_call(alg, params: dict, tasks: Tasks, graphed: bool = False) -> Callable[[], object]:
     """One meta-gradient of ``alg`` per call, its SWP masks drawn from its own generator seeded 0
     on the parameters' device, as ``testbed train`` draws them (on the H200, masks drawn on
-    the CPU cost ESharp 0.03 s to 0.13 s per call of host work: results/bench/gpu-h200-graphs)."""
+    the CPU cost ESharp 0.03 s to 0.13 s per call of host work: results/bench/gpu-h200-graphs).
+    ``graphed``: replayed from a :class:`cudagraph.MetaGradientGraph` over ``params`` and
+    ``tasks`` in place, as ``testbed train --cuda-graph`` runs it."""
     gen = torch.Generator(device=next(iter(params.values())).device).manual_seed(0)
+    if graphed:
+        graph = cudagraph.MetaGradientGraph(cross_entropy_loss, params, tasks, alg.config)
+        return lambda: graph(gen)
     return lambda: alg.meta_gradient(cross_entropy_loss, params, tasks, generator=gen)
 
 
@@ -510,9 +532,10 @@ def format_table(b: FewshotBench) -> str:
         row += [f"{b.maml_peak_mb[name]:.0f}"] if cuda and b.maml_peak_mb else []
         lines.append(" | ".join(row))
     if cuda and b.maml_peak_mb and any(graphed_name(k) in b.maml_seconds for k in ("loop", "vmap")):
-        lines += ["", "CUDA graph rows: peak MiB is that of the first call (eager warm-ups, then "
-                      "the capture); between calls the graph's private pool keeps what its capture "
-                      "had alive reserved (tests/test_gpu.py compares it with the eager peak)."]
+        lines += ["", "CUDA graph rows: the graph reads the bench's tensors in place (no copy); "
+                      "peak MiB is that of the first call (eager warm-ups, then the capture); "
+                      "between calls the graph's private pool keeps what its capture had alive "
+                      "reserved (tests/test_gpu.py compares it with the eager peak)."]
     graphed = b.variant_seconds_graphed
     cols = [f"variants (core, {b.batching})", "seconds", "time / MAML", "FLOPs / MAML",
             "time / FLOP ratio"]

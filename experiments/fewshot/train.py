@@ -52,7 +52,7 @@ from experiments.fewshot.common import (STREAM_INIT, STREAM_LOG_SWP, STREAM_SWP,
 from experiments.fewshot.config import TrainConfig, training_differences
 from experiments.fewshot.evaluate import PROGRESS_INTERVAL_S, EvalResult, evaluate_params, finite_or_none
 from experiments.fewshot.model import cross_entropy_loss, init_conv4
-from testbed import MetaOptimizer
+from testbed import MetaOptimizer, cudagraph
 from testbed.meta import task
 
 __all__ = ["LOG_NAME", "RESULTS_NAME", "NonFiniteError", "TrainConfig", "TrainResult",
@@ -396,6 +396,7 @@ def _run(config: TrainConfig, resume: bool, progress: TextIO | None, source: Few
     algorithm = config.build_algorithm()
     env = environment(config.device)
     last_saved = start if start > 0 else None
+    graph = None   # --cuda-graph: the cudagraph.MetaGradientGraph, made on the first iteration
     bar = _Progress(progress, config.iterations)
     window: list[float] = list(stats["loss_window"])
     final_loss, accuracy = stats["final_loss"], None
@@ -427,11 +428,25 @@ def _run(config: TrainConfig, resume: bool, progress: TextIO | None, source: Few
             for t in range(start, config.iterations):
                 episode = episode_batch(train_source, config.ways, config.shots, config.queries,
                                         config.meta_batch, config.seed, t)
-                tasks = as_tasks(episode, config.device)
                 generator = (derived_generator(config.seed, STREAM_SWP, t, config.device)
                              if config.needs_generator else None)
-                with precision_context(config.precision, config.device):
-                    step = algorithm.meta_gradient(loss_fn, params, tasks, generator=generator)
+                if config.cuda_graph:
+                    # one graph reading the optimiser's parameters in place (its steps are in
+                    # place) and the episode copied from the host into its own tensors: no
+                    # second copy of either on the device
+                    if graph is None:
+                        graph = cudagraph.MetaGradientGraph(
+                            loss_fn, optimizer.params, as_tasks(episode, config.device),
+                            algorithm.config)
+                    else:
+                        graph.load(params, as_tasks(episode))
+                    tasks = graph.tasks
+                    with precision_context(config.precision, config.device):
+                        step = graph(generator)
+                else:
+                    tasks = as_tasks(episode, config.device)
+                    with precision_context(config.precision, config.device):
+                        step = algorithm.meta_gradient(loss_fn, params, tasks, generator=generator)
                 if not _all_finite(step.loss, step.grad):
                     bar.close()
                     where = (f"{checkpoint} (iteration {last_saved})" if last_saved is not None
