@@ -4,18 +4,19 @@
 writes both files.  With ``out_dir``, :func:`run_all` rewrites both files atomically after
 every step, marked ``"complete": false`` until the last step is in, so an interrupted run
 keeps the steps it finished; it prints ``[i/n] step id: verdict (seconds)`` on stderr as
-steps finish.
+steps finish.  A step still running at the budget's per-step limit (``--step-timeout``,
+``Budget.step_seconds``) is stopped and reported ``timed out``; the run goes on with the others.
 
 ``proofs.json`` follows :data:`JSON_SCHEMA` (JSON Schema draft 2020-12; :func:`validate_report`
 checks the subset used here without extra dependencies).  Layout::
 
-    {"schema": "proofs_check.report/1",
+    {"schema": "proofs_check.report/2",
      "source": "Abbas et al. 2022 (Sharp-MAML), Appendices B-D and eq. (18)",
      "complete": bool (false: an interrupted or still running run; "results" holds the
                  steps finished so far),
-     "budget": {"name": ..., "description": ...},
+     "budget": {"name": ..., "description": ... (the search sizes and the per-step limit)},
      "counts": {"verified": int, "no counterexample found": int, "false": int,
-                "not transcribable": int},
+                "not transcribable": int, "timed out": int},
      "results": [{"step_id", "location", "relation" (string or null), "verdict", "method",
                   "budget", "evaluations", "region": [str], "assumptions": [str], "detail",
                   "worst": EVALUATION or null, "counterexample": EVALUATION or null}]}
@@ -25,12 +26,18 @@ checks the subset used here without extra dependencies).  Layout::
 
 Values are decimal strings so that 60-digit mpmath numbers (and numbers beyond float range)
 survive; ``gap`` is ``lhs - rhs``; ``violation`` is the scale-free oriented margin (> 0 fails).
+
+A ``timed out`` result has ``method`` "stopped at the per-step time limit", ``detail`` naming
+the limit, the seconds spent and the function the step was in at the limit, no ``worst`` and no
+``counterexample``; ``proofs.md`` lists it with that detail and says above the table how many
+steps timed out.  (Schema ``/1``, before the limit, had no ``timed out`` verdict.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -39,6 +46,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
@@ -46,9 +54,9 @@ import mpmath
 
 from . import steps_discussion, steps_lemma1, steps_lemma2_3, steps_lemma4_5, steps_thm3
 from .engine import check_step
-from .spec import FULL, QUICK, VERDICTS, Budget, Evaluation, Step, StepResult
+from .spec import FULL, NOT_TRANSCRIBABLE, QUICK, TIMED_OUT, VERDICTS, Budget, Evaluation, Step, StepResult
 
-SCHEMA_ID = "proofs_check.report/1"
+SCHEMA_ID = "proofs_check.report/2"
 SOURCE = "Abbas et al. 2022 (Sharp-MAML), Appendices B-D and eq. (18)"
 BUDGETS = {"quick": QUICK, "full": FULL}
 PART_ORDER = ("lemma1", "lemma2", "lemma3", "lemma4", "lemma5", "thm3", "d1", "d2", "thm2")
@@ -169,6 +177,8 @@ def run_all(budget: Budget | str = QUICK, only: Iterable[str] | None = None, wor
     ``[i/n] step id: verdict (seconds)`` on stderr as each step finishes.  With ``out_dir``,
     ``proofs.md`` and ``proofs.json`` are rewritten there (atomically) after every step,
     ``"complete": false`` until all steps are in: an interrupted run keeps what it finished.
+    A step still running after ``budget.step_seconds`` is stopped in the process checking it
+    (this one, or its forked worker) and reported ``timed out``; the other steps still run.
     """
     if isinstance(budget, str):
         if budget not in BUDGETS:
@@ -268,7 +278,7 @@ def _cell(text: str) -> str:
 def _case_cell(result: StepResult) -> str:
     if result.counterexample is not None:
         return _describe(result.counterexample, "counterexample")
-    if result.verdict == "not transcribable":
+    if result.verdict in (NOT_TRANSCRIBABLE, TIMED_OUT):
         return result.detail
     if result.worst is not None:
         return _describe(result.worst, "worst") + f" (violation {result.worst.violation:.3g})"
@@ -321,8 +331,11 @@ def write_table(results: list[StepResult], out_dir, budget: Budget | None = None
     counts = ", ".join(f"{v}: {n}" for v, n in document["counts"].items())
     partial = "" if complete else (f"**Partial report** (interrupted or still running): "
                                    f"{len(results)} step(s) finished so far.\n\n")
+    timed_out = document["counts"][TIMED_OUT]
+    stopped = "" if not timed_out else (f"**{timed_out} step(s) timed out**: stopped at the per-step time "
+                                        "limit, neither proved nor refuted (see their rows).\n\n")
     header = (f"# Proof steps of {SOURCE}\n\n{partial}Budget: {document['budget']['description']}\n\n"
-              f"Verdicts: {counts}\n\n")
+              f"Verdicts: {counts}\n\n{stopped}")
     md_path, json_path = out / "proofs.md", out / "proofs.json"
     atomic_write(json_path, json.dumps(document, indent=1) + "\n")
     atomic_write(md_path, header + markdown_table(results))
@@ -377,6 +390,27 @@ def validate_report(document, schema: dict = JSON_SCHEMA, path: str = "$") -> li
     return errors
 
 
+def step_timeout_arg(text: str) -> float:
+    """``--step-timeout``: seconds >= 0, finite (0: no limit); argparse's error names the value."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0 (0: no limit), got {text!r}")
+    return value
+
+
+STEP_TIMEOUT_HELP = ("wall-clock limit on one step, in seconds; a step still running then is stopped and "
+                     "reported 'timed out' (neither proved nor refuted), and the run goes on. 0: no limit. "
+                     f"Default: the budget's ({', '.join(f'{n} {b.step_seconds:g} s' for n, b in BUDGETS.items())})")
+
+
+def with_step_limit(budget: Budget, seconds: float | None) -> Budget:
+    """``budget`` with ``--step-timeout seconds`` (``None``: the budget's own; 0: no limit)."""
+    return budget if seconds is None else replace(budget, step_seconds=seconds or None)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m proofs_check",
                                      description="Check every transcribed proof step and write the report.")
@@ -384,10 +418,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="out/proofs")
     parser.add_argument("--only", nargs="*", default=None, help="step ids or id prefixes")
     parser.add_argument("--workers", type=int, default=2, help="forked worker processes (results do not depend on it)")
+    parser.add_argument("--step-timeout", type=step_timeout_arg, default=None, metavar="SECONDS",
+                        help=STEP_TIMEOUT_HELP)
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    budget = with_step_limit(BUDGETS[args.budget], args.step_timeout)
     try:
-        results = run_all(BUDGETS[args.budget], args.only, args.workers, out_dir=args.out)
+        results = run_all(budget, args.only, args.workers, out_dir=args.out)
     except ValueError as error:  # an unknown --only id, --workers < 1: one line naming the value
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2

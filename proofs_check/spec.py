@@ -12,6 +12,7 @@ Everything here is frozen; checking a step (``engine.check_step``) returns a fro
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
@@ -26,7 +27,8 @@ VERIFIED = "verified"
 NO_COUNTEREXAMPLE = "no counterexample found"
 FALSE = "false"
 NOT_TRANSCRIBABLE = "not transcribable"
-VERDICTS = (VERIFIED, NO_COUNTEREXAMPLE, FALSE, NOT_TRANSCRIBABLE)
+TIMED_OUT = "timed out"
+VERDICTS = (VERIFIED, NO_COUNTEREXAMPLE, FALSE, NOT_TRANSCRIBABLE, TIMED_OUT)
 
 _STEP_ID = re.compile(r"^proof\.[a-z0-9]+\.(step|repair)\d+[a-z]?$")
 
@@ -183,6 +185,9 @@ class Budget:
     overflowed.  array_points: random draws per dimension for ArrayForm steps.  confirmations:
     cap on mpmath confirmations of near-violations (tight inequalities have many).
     mp_dps: decimal digits for confirming a violation.  seed: numpy seed for the sweep.
+    step_seconds: wall-clock limit on checking one step (``None``: no limit).  A step still
+    running when it passes is stopped and reported ``timed out``: neither proved nor refuted,
+    and the only verdict that depends on the machine's speed (see ``engine.check_step``).
     """
 
     name: str
@@ -195,14 +200,27 @@ class Budget:
     confirmations: int = 64
     mp_dps: int = 60
     seed: int = 20220717
+    step_seconds: float | None = 300.0
+
+    def __post_init__(self) -> None:
+        limit = self.step_seconds
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))
+                                  or not math.isfinite(limit) or limit <= 0):
+            raise ValueError(f"Budget {self.name}: step_seconds must be a finite number > 0 or None "
+                             f"(no limit), got {limit!r}")
 
     def describe(self) -> str:
+        limit = "no step limit" if self.step_seconds is None else f"step limit {self.step_seconds:g} s"
         return (f"{self.name}: hypothesis {self.hypothesis_examples}, sweep {self.sweep_points}, "
-                f"Nelder-Mead {self.optimizer_starts}x{self.optimizer_evals}")
+                f"Nelder-Mead {self.optimizer_starts}x{self.optimizer_evals}, {limit}")
 
 
+# Step limits: the slowest step takes 1.4 s under QUICK and 9.4 s under FULL (one process, the
+# project's 2-core machine), so each limit is over 30x that: a slower machine never meets it, and
+# a stuck step costs a minute of a CI run (five under FULL, the dataclass default) instead of
+# hanging it.
 QUICK = Budget("quick", hypothesis_examples=40, sweep_points=2000, optimizer_starts=2,
-               optimizer_evals=120, mp_fallback_points=40, array_points=100)
+               optimizer_evals=120, mp_fallback_points=40, array_points=100, step_seconds=60.0)
 FULL = Budget("full", hypothesis_examples=800, sweep_points=60_000, optimizer_starts=6,
               optimizer_evals=1200, mp_fallback_points=600, array_points=3000, confirmations=400)
 

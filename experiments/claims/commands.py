@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from experiments.cliutil import nonnegative_int, positive_int
+from experiments.cliutil import nonnegative_float, nonnegative_int, positive_int
 
 
 def register(sub) -> None:
@@ -46,19 +46,26 @@ def register_proofs(sub) -> None:
     p.add_argument("--only", nargs="+", metavar="ID", help="step ids or prefixes (e.g. proof.thm3)")
     p.add_argument("--workers", type=positive_int, default=2,
                    help="forked worker processes; results do not depend on it (default %(default)s)")
+    # proofs_check (sympy) is not imported to build the parser: --help stays fast; a test keeps
+    # these defaults equal to QUICK.step_seconds and FULL.step_seconds
+    p.add_argument("--step-timeout", type=nonnegative_float, default=None, metavar="SECONDS",
+                   help="wall-clock limit on one step, in seconds; a step still running then is "
+                        "stopped and reported 'timed out' (neither proved nor refuted), and the run "
+                        "goes on. 0: no limit (default: the budget's, quick 60 s, full 300 s)")
     p.set_defaults(func=_run_proofs)
 
 
 def _run_proofs(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from proofs_check import FULL, QUICK, all_steps, run_all
+    from proofs_check import FULL, QUICK, TIMED_OUT, all_steps, run_all
+    from proofs_check.report import with_step_limit
 
     known = [s.id for s in all_steps()]
     unknown = [o for o in args.only or [] if not any(k == o or k.startswith(o + ".") for k in known)]
     if unknown:
         raise ValueError(f"unknown step id(s) {', '.join(map(repr, unknown))}")
-    budget = FULL if args.budget == "full" else QUICK
+    budget = with_step_limit(FULL if args.budget == "full" else QUICK, args.step_timeout)
     args.out.mkdir(parents=True, exist_ok=True)   # an unwritable --out fails before any work
     results = run_all(budget, args.only, args.workers, out_dir=args.out)   # rewritten after every step
     md = args.out / "proofs.md"
@@ -67,6 +74,8 @@ def _run_proofs(args: argparse.Namespace) -> int:
     for r in results:
         if r.verdict == "false":
             print(f"  {r.step_id} ({r.location}): false")
+        elif r.verdict == TIMED_OUT:
+            print(f"  {r.step_id} ({r.location}): timed out, {r.detail}")
     return 0
 
 

@@ -2,7 +2,9 @@
 
 Verdicts map as: *verified* (sympy) and *no counterexample found* (within the
 search budget, stated in the tolerance) -> holds; *false* -> fails, with the
-counterexample (the point and both sides).  Steps that cannot be transcribed
+counterexample (the point and both sides); *timed out* (the check was stopped at
+the budget's per-step time limit, ``Budget.step_seconds``) -> inconclusive, never
+holds: nothing was proved or refuted.  Steps that cannot be transcribed
 have no verdict and stay out of the registry; ``testbed proofs`` lists them
 with the reason.  Steps labelled ``repair`` are not the paper's: they are
 corrected forms of false steps, checked the same way.
@@ -10,7 +12,8 @@ corrected forms of false steps, checked the same way.
 The steps are independent of the numerical claims and mostly sympy work, so
 :func:`prefetch` checks the selected ones in a forked process while the
 other claims run (each step is seeded by its id: the results are those of a
-serial run).
+serial run).  The per-step limit holds in that process too: a stuck step comes
+back ``timed out`` and the worker goes on with the next.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
-from proofs_check import FALSE, FULL, NO_COUNTEREXAMPLE, QUICK, VERIFIED, all_steps, check_step
+from proofs_check import FALSE, FULL, NO_COUNTEREXAMPLE, QUICK, TIMED_OUT, VERIFIED, all_steps, check_step
 
 from experiments.claims.registry import ClaimResult, Context, register, register_prefetch
 
@@ -79,6 +82,11 @@ def check_proof_step(ctx: Context, step_id: str) -> ClaimResult:
                            f"false: at {ce['point']} the left side is {ce['lhs']} and the right "
                            f"side {ce['rhs']}" + (f"; {r.detail}" if r.detail else ""),
                            counterexample={**ce, "location": r.location})
+    if r.verdict == TIMED_OUT:
+        return ClaimResult("inconclusive", measured, "a verdict within the per-step time limit",
+                           f"timed out: {r.detail}",
+                           condition="the check was stopped at the per-step time limit before sympy or the "
+                                     "counterexample search reached a verdict: neither proved nor refuted")
     raise ValueError(f"{step_id} has no verdict ({r.verdict}): it is not transcribable")
 
 
