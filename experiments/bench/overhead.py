@@ -6,6 +6,12 @@ loop trailed a plain ``torch.autograd.grad`` loop by 11% to 39% on an H200).  Th
 that cost on the CPU, so a change to it can be checked without a GPU:
 
     OMP_NUM_THREADS=1 python -m experiments.bench.overhead [--rounds 7]
+
+``--setting omniglot-20w1s`` (or ``miniimagenet-5w1s``) runs the same comparison at the paper's
+sizes, where the CPU is compute-bound and the question is whether the core's loop is slower than
+the plain loop at all.  Beside the medians it prints the per-round ratio of each loop to the plain
+one (paired: a slow spell of the machine falls on both), whose spread says how far one median
+of a few rounds can be trusted.
 """
 
 from __future__ import annotations
@@ -24,29 +30,46 @@ TINY = B.Setting("tiny", ways=5, shots=1, queries=2, image_size=16, channels=1, 
 """Conv-4 with 4 filters on 16x16 images: dispatch-bound."""
 
 
-def run(rounds: int = 7) -> dict[str, float]:
-    """Median milliseconds of one MAML meta-gradient per loop implementation (interleaved)."""
+PLAIN = "autograd loop"
+
+
+def run(rounds: int = 7, setting: B.Setting = TINY,
+        say=lambda _: None) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Median milliseconds of one MAML meta-gradient per loop implementation (interleaved),
+    and each implementation's per-round time over the plain loop's in the same round."""
     torch.set_num_threads(1)
-    params, tasks = B.make_problem(TINY)
+    params, tasks = B.make_problem(setting)
     impls = B.implementations()
-    fns = {k: impls[k] for k in ("core, loop", "autograd loop", "higher loop") if k in impls}
+    fns = {k: impls[k] for k in ("core, loop", PLAIN, "higher loop") if k in impls}
     for f in fns.values():
-        f(params, tasks, TINY.beta_low, TINY.inner_steps)
+        f(params, tasks, setting.beta_low, setting.inner_steps)
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
+    for r in range(rounds):
         for k, f in fns.items():
             t = time.perf_counter()
-            f(params, tasks, TINY.beta_low, TINY.inner_steps)
+            f(params, tasks, setting.beta_low, setting.inner_steps)
             times[k].append(time.perf_counter() - t)
-    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        say(f"round {r + 1} of {rounds}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()))
+    ratios = {k: [a / b for a, b in zip(v, times[PLAIN])] for k, v in times.items() if k != PLAIN}
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}, ratios
 
 
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="python -m experiments.bench.overhead", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=positive_int, default=7, help="interleaved rounds (default 7)")
+    p.add_argument("--setting", choices=("tiny", *B.SETTINGS), default="tiny",
+                   help="tiny: Conv-4 with 4 filters on 16x16 images (dispatch-bound, a CPU proxy "
+                        "for the GPU; default); or a paper-scale setting of testbed bench fewshot")
     args = p.parse_args(argv)
-    for k, ms in run(args.rounds).items():
+    setting = TINY if args.setting == "tiny" else B.SETTINGS[args.setting]
+    medians, ratios = run(args.rounds, setting, say=lambda s: print(s, file=sys.stderr, flush=True))
+    print(f"{setting.name}, median of {args.rounds} interleaved rounds, {torch.get_num_threads()} thread")
+    for k, ms in medians.items():
         print(f"{k}: {ms:.1f} ms")
+    for k, rs in ratios.items():
+        q = statistics.quantiles(rs, n=4) if len(rs) > 1 else [rs[0]] * 3
+        print(f"{k} / {PLAIN}, per round: median {statistics.median(rs):.3f}, quartiles "
+              f"{q[0]:.3f}-{q[2]:.3f}, range {min(rs):.3f}-{max(rs):.3f}")
     return 0
 
 
