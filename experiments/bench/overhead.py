@@ -24,6 +24,7 @@ import torch
 
 from experiments.bench import fewshot as B
 from experiments.cliutil import Parser, positive_int
+from experiments.fewshot.common import keep_freed_memory
 
 TINY = B.Setting("tiny", ways=5, shots=1, queries=2, image_size=16, channels=1, inner_steps=5,
                  meta_batch=4, beta_low=0.1, hidden=4)
@@ -62,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
                         "for the GPU; default); or a paper-scale setting of testbed bench fewshot")
     args = p.parse_args(argv)
     setting = TINY if args.setting == "tiny" else B.SETTINGS[args.setting]
+    kept = keep_freed_memory()      # as testbed bench and train run (page faults otherwise dominate)
     medians, ratios = run(args.rounds, setting, say=lambda s: print(s, file=sys.stderr, flush=True))
-    print(f"{setting.name}, median of {args.rounds} interleaved rounds, {torch.get_num_threads()} thread")
+    print(f"{setting.name}, median of {args.rounds} interleaved rounds, {torch.get_num_threads()} "
+          f"thread, allocator: {'glibc keeps freed memory' if kept else 'default'}")
     for k, ms in medians.items():
         print(f"{k}: {ms:.1f} ms")
     for k, rs in ratios.items():
