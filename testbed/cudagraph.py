@@ -247,9 +247,11 @@ class MetaGradientGraph:
 
     def __call__(self, generator: torch.Generator | None = None) -> meta.MetaGradient:
         """The meta-gradient at the adopted tensors' current values (captured on the first call)."""
-        masks = meta._swp_masks(self.cfg, self.params, self.num_tasks, generator)
+        into = (self._masks if self._masks and generator is not None
+                and generator.device == self.device else None)
+        masks = meta._swp_masks(self.cfg, self.params, self.num_tasks, generator, into=into)
         _check(self.params, self.tasks, masks)
-        return self._run(masks)
+        return self._run(masks)   # masks drawn into the graph's buffers are not copied again
 
     def _run(self, masks: dict) -> meta.MetaGradient:
         settings = _settings(self.device)

@@ -410,8 +410,11 @@ def adapt(loss_fn: LossFn, params: Mapping[str, torch.Tensor], support: Any,
 
 
 def _swp_masks(cfg: SharpMAMLConfig, params: Mapping[str, torch.Tensor], m: int,
-               generator: torch.Generator | None) -> dict:
-    """Bernoulli(xi) masks, one per task, step and adapted parameter: {name: [M, N, *shape]}."""
+               generator: torch.Generator | None, into: dict | None = None) -> dict:
+    """Bernoulli(xi) masks, one per task, step and adapted parameter: {name: [M, N, *shape]}.
+
+    ``into``: tensors of those shapes on the generator's device to draw into (a captured
+    graph's mask buffers), instead of new ones."""
     if cfg.swp_keep is None or cfg.alpha_low == 0:
         return {}
     if generator is None:
@@ -422,10 +425,15 @@ def _swp_masks(cfg: SharpMAMLConfig, params: Mapping[str, torch.Tensor], m: int,
     out = {}
     for n in names:
         p = params[n]
-        # drawn where the generator lives (a CUDA generator cannot draw CPU tensors), then moved
-        probs = torch.full((m, cfg.inner_steps, *p.shape), cfg.swp_keep, dtype=p.dtype,
-                           device=generator.device)
-        out[n] = torch.bernoulli(probs, generator=generator).to(p.device)
+        # drawn where the generator lives (a CUDA generator cannot draw CPU tensors), then moved;
+        # the probability is one number expanded (no tensor of the masks' size), which draws
+        # what a filled tensor of it draws
+        probs = torch.tensor(cfg.swp_keep, dtype=p.dtype, device=generator.device).expand(
+            m, cfg.inner_steps, *p.shape)
+        if into is not None:
+            out[n] = torch.bernoulli(probs, generator=generator, out=into[n])
+        else:
+            out[n] = torch.bernoulli(probs, generator=generator).to(p.device)
     return out
 
 

@@ -8,7 +8,7 @@ import torch
 from synthetic import QuadraticFamily, TanhRegressionFamily
 from testbed import SharpMAMLConfig, Tasks, adapt, algorithms, meta_gradient, sam_gradient
 from testbed import params as P
-from testbed.meta import _top_fraction_weights
+from testbed.meta import _swp_masks, _top_fraction_weights
 from testbed.optim import MetaOptimizer, sgd_update
 from tolerances import CLOSED_FORM, DISTINCT, VMAP_VS_LOOP
 
@@ -165,6 +165,23 @@ def test_swp_masks_are_seeded_and_kill_coordinates():
     assert any(not torch.equal(g1[k], g3[k]) for k in g1)
     with pytest.raises(ValueError, match="generator"):
         alg.meta_gradient(mlp_loss, params, tasks)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_swp_masks_draw_what_a_filled_probability_tensor_draws(dtype):
+    """The masks are drawn from one expanded probability (no tensor of their size): the same
+    draws as from a filled tensor, so a seed's masks are what they were before that change,
+    and drawing into given buffers (a CUDA graph's) changes nothing either."""
+    params = {"w": torch.zeros(7, 5, dtype=dtype), "b": torch.zeros(5, dtype=dtype)}
+    cfg = SharpMAMLConfig(beta_low=0.1, inner_steps=3, alpha_low=0.2, swp_keep=0.3)
+    got = _swp_masks(cfg, params, 4, torch.Generator().manual_seed(11))
+    gen = torch.Generator().manual_seed(11)
+    want = {n: torch.bernoulli(torch.full((4, 3, *p.shape), 0.3, dtype=dtype), generator=gen)
+            for n, p in params.items()}
+    assert all(torch.equal(got[n], want[n]) for n in params)
+    buffers = {n: torch.empty_like(v) for n, v in want.items()}
+    into = _swp_masks(cfg, params, 4, torch.Generator().manual_seed(11), into=buffers)
+    assert all(into[n] is buffers[n] and torch.equal(buffers[n], want[n]) for n in params)
 
 
 @pytest.mark.parametrize("name", ["maml", "fomaml", "sharp-low", "sharp-up", "sharp-both", "anil",
