@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -93,12 +93,13 @@ def _check(params: dict, tasks: meta.Tasks, masks: dict) -> torch.device:
 
 
 def _settings(device: torch.device) -> tuple:
-    """The process settings that choose kernels: autocast (and its dtype), TF32 and float32
-    matmul precision, cuDNN's switches."""
+    """The process settings that choose kernels: autocast (and its dtype), TF32, reduced-precision
+    reductions and float32 matmul precision, cuDNN's switches."""
     amp = torch.is_autocast_enabled(device.type)
-    cudnn = torch.backends.cudnn
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     return (amp, torch.get_autocast_dtype(device.type) if amp else None,
-            torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32,
+            matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction,
+            matmul.allow_fp16_reduced_precision_reduction, cudnn.allow_tf32,
             torch.get_float32_matmul_precision(), cudnn.enabled, cudnn.benchmark,
             cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
 
@@ -110,10 +111,22 @@ def _key(body, loss_fn, params, tasks, cfg, masks, device) -> tuple:
     return (body, loss_fn, cfg, _layout(params), _layout(tasks), _layout(masks), *_settings(device))
 
 
+def _pairs(static, new):
+    """``(static leaf, new leaf)`` for every leaf of ``static``, dict entries matched by key."""
+    if isinstance(static, torch.Tensor):
+        yield static, new
+    elif isinstance(static, Mapping):
+        for k in static:
+            yield from _pairs(static[k], new[k])
+    elif isinstance(static, (tuple, list)):
+        for s, n in zip(static, new):
+            yield from _pairs(s, n)
+
+
 def _copy_into(static, new) -> None:
     """Copy ``new``'s values into ``static`` (same layout), skipping a leaf that is its buffer
     (the same tensor, or a view of the same memory, as ``param.detach()`` is)."""
-    for s, n in zip(meta._leaves(static), meta._leaves(new)):
+    for s, n in _pairs(static, new):
         if not _same_memory(s, n):
             s.copy_(n, non_blocking=True)
 
@@ -214,19 +227,26 @@ class MetaGradientGraph:
     straight into the graph's tensors, with no second copy on the GPU).
 
     ``graph(generator=None)`` is :func:`testbed.meta.meta_gradient` of the adopted tensors'
-    current values under ``cfg`` (its ``cuda_graph`` and ``compile`` fields aside), with the SWP
+    current values under ``cfg`` (its ``cuda_graph`` field aside; ``compile`` is refused), with the SWP
     masks drawn from ``generator`` as eagerly; it returns copies of the graph's outputs.  The
     process settings that choose kernels (autocast, TF32, cuDNN) must be those of the first
     call: a call under others is refused, as a replay would silently ignore them.
 
-    The tensors stay adopted as long as the object lives: do not resize or replace them (a
-    new dict entry, ``param.data = ...``); keep the object and drop it to free its pool.
+    The tensors stay adopted as long as the object lives (the object holds its own dicts of
+    them, so replacing an entry of the caller's dict changes nothing here): do not resize them
+    or swap their storage (``param.data = ...``); drop the object to free its pool.  Calls
+    belong on one stream: a replay is ordered after the writes before it on the current stream.
     """
 
     def __init__(self, loss_fn: meta.LossFn, params: dict, tasks: meta.Tasks,
                  cfg: meta.SharpMAMLConfig, *, _body: Callable | None = None):
+        if cfg.compile:
+            raise ValueError("MetaGradientGraph captures the eager meta-gradient; compile=True "
+                             "(torch.compile, its own CUDA graphs) cannot be captured in it")
         self.loss_fn, self.cfg = loss_fn, cfg
-        self.params, self.tasks = dict(params), tasks
+        # own containers around the caller's tensors: an entry replaced in the caller's dict
+        # can neither free a tensor the graph reads nor divert load() from it
+        self.params, self.tasks = dict(params), meta._tree_map(lambda t: t, tasks)
         meta._check_adapt_names(cfg, self.params)
         self.num_tasks = meta.num_tasks(tasks)
         self.device = _check(self.params, tasks, {})
@@ -234,27 +254,38 @@ class MetaGradientGraph:
         self._masks = self._outputs = self._replay = self._graph = self._settings = None
 
     def load(self, params: dict | None = None, tasks: meta.Tasks | None = None) -> None:
-        """Copy new values into the adopted tensors (from any device; shapes and dtypes must be
-        the adopted ones).  The copies are queued on the current stream, as the replay is."""
-        for name, new, mine in (("params", params, self.params), ("tasks", tasks, self.tasks)):
-            if new is None:
-                continue
-            want, got = _shapes(mine), _shapes(dict(new) if name == "params" else new)
+        """Copy new values into the adopted tensors (from any device; names, shapes and dtypes
+        must be the adopted ones; nothing is copied unless all are).  The copies are queued on
+        the current stream, as the replay is."""
+        pairs = [(name, mine, new) for name, new, mine in
+                 (("params", params, self.params), ("tasks", tasks, self.tasks)) if new is not None]
+        for name, mine, new in pairs:
+            want, got = _shapes(mine), _shapes(new)
             if want != got:
                 raise ValueError(f"load({name}=...) needs the layout the graph was made for, "
                                  f"{want}; got {got}")
-            _copy_into(mine, dict(new) if name == "params" else new)
+        for _, mine, new in pairs:
+            _copy_into(mine, new)
 
     def __call__(self, generator: torch.Generator | None = None) -> meta.MetaGradient:
         """The meta-gradient at the adopted tensors' current values (captured on the first call)."""
+        self._check_settings(_settings(self.device))   # before the masks use up random numbers
         into = (self._masks if self._masks and generator is not None
-                and generator.device == self.device else None)
+                and _same_device(generator.device, self.device) else None)
         masks = meta._swp_masks(self.cfg, self.params, self.num_tasks, generator, into=into)
         _check(self.params, self.tasks, masks)
         return self._run(masks)   # masks drawn into the graph's buffers are not copied again
 
+    def _check_settings(self, settings: tuple) -> None:
+        if self._replay is not None and settings != self._settings:
+            raise ValueError(
+                "this CUDA graph was captured under other kernel settings: "
+                f"{_differences(self._settings, settings)}. Call it under the capture's "
+                "settings, or make a new MetaGradientGraph for these")
+
     def _run(self, masks: dict) -> meta.MetaGradient:
         settings = _settings(self.device)
+        self._check_settings(settings)
         if self._replay is None:
             self._masks = meta._tree_map(lambda t: t.detach().clone(), masks)
             params, tasks, cfg, body, s_masks = self.params, self.tasks, self.cfg, self._body, self._masks
@@ -262,11 +293,6 @@ class MetaGradientGraph:
                 lambda: body(self.loss_fn, params, tasks, cfg, s_masks), self.device)
             self._settings = settings
             _COUNTS["captures"] += 1
-        elif settings != self._settings:
-            raise ValueError(
-                "this CUDA graph was captured under other kernel settings: "
-                f"{_differences(self._settings, settings)}. Call it under the capture's "
-                "settings, or make a new MetaGradientGraph for these")
         _copy_into(self._masks, masks)
         self._replay()
         _COUNTS["replays"] += 1
@@ -276,11 +302,34 @@ class MetaGradientGraph:
 
 
 def _shapes(tree) -> str:
-    """A tree's structure with each leaf's shape and dtype (not its device)."""
-    return repr(meta._tree_map(lambda t: (tuple(t.shape), t.dtype), tree))
+    """A tree's structure with each leaf's shape and dtype (not its device; dicts by key, in
+    any order)."""
+    def canonical(node):
+        if isinstance(node, torch.Tensor):
+            return tuple(node.shape), node.dtype
+        if isinstance(node, Mapping):
+            return {k: canonical(node[k]) for k in sorted(node)}
+        if isinstance(node, (tuple, list)):
+            return [canonical(n) for n in node]
+        return node
+    return repr(canonical(tree))
 
 
-_SETTING_NAMES = ("autocast", "autocast dtype", "matmul allow_tf32", "cudnn allow_tf32",
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` (the current device, a generator's device without an index) and ``cuda:0``
+    alike when they are the same device."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.type == "cuda" and None in (a.index, b.index):
+        current = torch.cuda.current_device()
+        return (current if a.index is None else a.index) == (current if b.index is None else b.index)
+    return a.index == b.index
+
+
+_SETTING_NAMES = ("autocast", "autocast dtype", "matmul allow_tf32",
+                  "matmul allow_bf16_reduced_precision_reduction",
+                  "matmul allow_fp16_reduced_precision_reduction", "cudnn allow_tf32",
                   "float32 matmul precision", "cudnn enabled", "cudnn benchmark",
                   "cudnn deterministic", "deterministic algorithms")
 

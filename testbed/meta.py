@@ -428,8 +428,8 @@ def _swp_masks(cfg: SharpMAMLConfig, params: Mapping[str, torch.Tensor], m: int,
         # drawn where the generator lives (a CUDA generator cannot draw CPU tensors), then moved;
         # the probability is one number expanded (no tensor of the masks' size), which draws
         # what a filled tensor of it draws
-        probs = torch.tensor(cfg.swp_keep, dtype=p.dtype, device=generator.device).expand(
-            m, cfg.inner_steps, *p.shape)
+        probs = torch.full((), cfg.swp_keep, dtype=p.dtype, device=generator.device).expand(
+            m, cfg.inner_steps, *p.shape)      # filled on the device: no copy from the host
         if into is not None:
             out[n] = torch.bernoulli(probs, generator=generator, out=into[n])
         else:

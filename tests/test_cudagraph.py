@@ -162,7 +162,8 @@ def test_an_in_place_graph_reads_the_adopted_tensors_as_they_are_at_each_call(
     stead (a graph over copies would keep giving the first call's numbers)."""
     params, tasks = fewshot.make_problem(TINY, dtype=torch.float64, seed=0)
     graph = _graph(name, params, tasks)
-    assert all(graph.params[k] is params[k] for k in params) and graph.tasks is tasks
+    assert all(graph.params[k] is params[k] for k in params)
+    assert all(a is b for a, b in zip(meta._leaves(graph.tasks), meta._leaves(tasks)))
     eager = _alg(name, False)
     before = cudagraph.counts()
     for seed in (0, 1, 2):
@@ -228,3 +229,70 @@ def test_a_refused_in_place_capture_can_be_tried_again(cuda_graph_stand_in, monk
         graph()
     monkeypatch.setattr(cudagraph, "_capture", stand_in)
     _close(graph(), _alg("maml", False).meta_gradient(cross_entropy_loss, params, tasks))
+
+
+def test_load_matches_entries_by_name_and_copies_nothing_unless_all_fit(cuda_graph_stand_in):
+    params, tasks = fewshot.make_problem(TINY, dtype=torch.float64, seed=0)
+    graph = _graph("maml", params, tasks)
+    p1, t1 = fewshot.make_problem(TINY, dtype=torch.float64, seed=1)
+    graph.load(params=dict(reversed(list(p1.items()))))            # another order, same names
+    assert all(torch.equal(params[k], p1[k]) for k in params)
+    before = {k: v.clone() for k, v in params.items()}
+    bad = fewshot.make_problem(fewshot.replace(TINY, meta_batch=3), dtype=torch.float64)[1]
+    with pytest.raises(ValueError, match=r"load\(tasks=...\)"):
+        graph.load(params=fewshot.make_problem(TINY, dtype=torch.float64, seed=2)[0], tasks=bad)
+    assert all(torch.equal(params[k], before[k]) for k in params)  # the params were not half-loaded
+
+
+def test_an_in_place_graph_keeps_its_own_containers(cuda_graph_stand_in):
+    """Replacing an entry of the caller's dict neither frees a tensor the graph reads nor
+    diverts load() from it."""
+    params, tasks = fewshot.make_problem(TINY, dtype=torch.float64, seed=0)
+    graph = _graph("maml", params, tasks)
+    read = tasks.query["x"]
+    tasks.query["x"] = torch.zeros_like(read)
+    params["head.bias"] = torch.zeros_like(params["head.bias"])
+    assert graph.tasks.query["x"] is read and graph.params["head.bias"] is not params["head.bias"]
+
+
+def test_a_refused_call_draws_no_masks(cuda_graph_stand_in, monkeypatch):
+    params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
+    graph = _graph("esharp", params, tasks)
+    graph(torch.Generator().manual_seed(0))
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", not torch.backends.cudnn.deterministic)
+    gen = torch.Generator().manual_seed(5)
+    state = gen.get_state()
+    with pytest.raises(ValueError, match="other kernel settings"):
+        graph(gen)
+    assert torch.equal(gen.get_state(), state)
+
+
+def test_masks_are_drawn_into_the_graphs_buffers_when_the_generator_is_on_its_device(
+        cuda_graph_stand_in, monkeypatch):
+    params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
+    graph = _graph("esharp", params, tasks)
+    graph(torch.Generator().manual_seed(0))
+    buffers = dict(graph._masks)
+    copied = []
+    real = cudagraph._copy_into
+    monkeypatch.setattr(cudagraph, "_copy_into", lambda s, n: copied.append(
+        sum(not cudagraph._same_memory(a, b) for a, b in cudagraph._pairs(s, n))) or real(s, n))
+    got = graph(torch.Generator().manual_seed(1))
+    assert copied == [0] and all(graph._masks[k] is buffers[k] for k in buffers)
+    _close(got, _alg("esharp", False).meta_gradient(cross_entropy_loss, params, tasks,
+                                                    generator=torch.Generator().manual_seed(1)))
+
+
+def test_a_generator_on_the_current_cuda_device_counts_as_the_graphs_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    same = cudagraph._same_device
+    assert same(torch.device("cuda"), torch.device("cuda:1"))
+    assert not same(torch.device("cuda"), torch.device("cuda:0"))
+    assert same(torch.device("cpu"), torch.device("cpu")) and not same("cpu", "cuda:1")
+
+
+def test_compile_cannot_be_captured_in_an_in_place_graph(cuda_graph_stand_in):
+    params, tasks = fewshot.make_problem(TINY, dtype=torch.float64)
+    cfg = meta.SharpMAMLConfig(beta_low=0.1, compile=True, task_batching="loop")
+    with pytest.raises(ValueError, match="compile=True"):
+        cudagraph.MetaGradientGraph(cross_entropy_loss, params, tasks, cfg)

@@ -493,6 +493,8 @@ def _variant_call(alg, params: dict, tasks: Tasks, graphed: bool = False) -> Cal
     ``tasks`` in place, as ``testbed train --cuda-graph`` runs it."""
     gen = torch.Generator(device=next(iter(params.values())).device).manual_seed(0)
     if graphed:
+        if alg.kind != "sharp-maml":   # the graph runs the MAML-type meta-gradient only
+            raise ValueError(f"{alg.name} is not a MAML-type algorithm: it has no graphed time")
         graph = cudagraph.MetaGradientGraph(cross_entropy_loss, params, tasks, alg.config)
         return lambda: graph(gen)
     return lambda: alg.meta_gradient(cross_entropy_loss, params, tasks, generator=gen)

@@ -497,6 +497,7 @@ def _run(config: TrainConfig, resume: bool, progress: TextIO | None, source: Few
     with signals.deferred():
         bar.close()
     test = None
+    graph = None   # its memory pool (about the eager peak) is not needed by the test
     tested = time.perf_counter()
     if test_source is not None:
         try:
