@@ -142,21 +142,26 @@ def _stopped_in(frame) -> str:
     return f"{own} (innermost: {innermost})"
 
 
-def _from_timeout(error: BaseException) -> bool:
-    """True when ``error`` is a :class:`_StepTimeout` or was raised while handling one: hypothesis
-    turns an exception in the middle of a draw into its own (FlakyStrategyDefinition), keeping
-    ours as the context."""
+def _in_chain(error: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first ``kind`` among ``error``, its causes, contexts and grouped exceptions."""
     seen: set[int] = set()
     pending = [error]
     while pending:
         e = pending.pop()
         if e is None or id(e) in seen:
             continue
-        if isinstance(e, _StepTimeout):
-            return True
+        if isinstance(e, kind):
+            return e
         seen.add(id(e))
         pending += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
-    return False
+    return None
+
+
+def _from_timeout(error: BaseException) -> bool:
+    """True when ``error`` is a :class:`_StepTimeout` or was raised while handling one: hypothesis
+    turns an exception in the middle of a draw into its own (FlakyStrategyDefinition), keeping
+    ours as the context."""
+    return _in_chain(error, _StepTimeout) is not None
 
 
 def _can_alarm() -> bool:
@@ -187,15 +192,23 @@ def _within(seconds: float | None, compute: Callable[[], _T]) -> tuple[_T | None
                 continue
 
     start = time.monotonic()
-    previous_handler = signal.signal(signal.SIGALRM, on_alarm)
-    previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, seconds, _REFIRE_SECONDS)
+    # the caller's timer is suspended before our handler goes in, so that it cannot fire into
+    # this step; everything after is inside the try whose finally puts both back
+    previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, 0)
+    previous_handler = signal.getsignal(signal.SIGALRM)
     try:
+        signal.signal(signal.SIGALRM, on_alarm)
         try:
+            signal.setitimer(signal.ITIMER_REAL, seconds, _REFIRE_SECONDS)
             return compute(), None
         finally:
             disarm()
     except BaseException as error:
-        if isinstance(error, KeyboardInterrupt) or not _from_timeout(error):
+        interrupt = _in_chain(error, KeyboardInterrupt)
+        if interrupt is not None and interrupt is not error:
+            # the limit passed while a Ctrl-C unwound: the interrupt stops the run, as it would have
+            raise interrupt from None
+        if interrupt is not None or not _from_timeout(error):
             raise
         return None, (time.monotonic() - start, state["where"])
     finally:

@@ -54,7 +54,8 @@ import mpmath
 
 from . import steps_discussion, steps_lemma1, steps_lemma2_3, steps_lemma4_5, steps_thm3
 from .engine import check_step
-from .spec import FULL, NOT_TRANSCRIBABLE, QUICK, TIMED_OUT, VERDICTS, Budget, Evaluation, Step, StepResult
+from .spec import (FULL, MAX_STEP_SECONDS, NOT_TRANSCRIBABLE, QUICK, TIMED_OUT, VERDICTS, Budget, Evaluation,
+                   Step, StepResult)
 
 SCHEMA_ID = "proofs_check.report/2"
 SOURCE = "Abbas et al. 2022 (Sharp-MAML), Appendices B-D and eq. (18)"
@@ -396,8 +397,9 @@ def step_timeout_arg(text: str) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0 (0: no limit), got {text!r}")
+    if not math.isfinite(value) or not 0 <= value <= MAX_STEP_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from 0 to {MAX_STEP_SECONDS:g} "
+                                         f"(0: no limit), got {text!r}")
     return value
 
 

@@ -174,6 +174,11 @@ def _is_bound_variable(step: Step, symbol: sp.Symbol) -> bool:
     return False
 
 
+MAX_STEP_SECONDS = 1e6
+"""The largest per-step limit (11.6 days; the interval timer overflows far above it): beyond
+it, ask for no limit."""
+
+
 @dataclass(frozen=True)
 class Budget:
     """How hard the numerical counterexample search works on one step.
@@ -205,9 +210,9 @@ class Budget:
     def __post_init__(self) -> None:
         limit = self.step_seconds
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))
-                                  or not math.isfinite(limit) or limit <= 0):
-            raise ValueError(f"Budget {self.name}: step_seconds must be a finite number > 0 or None "
-                             f"(no limit), got {limit!r}")
+                                  or not math.isfinite(limit) or not 0 < limit <= MAX_STEP_SECONDS):
+            raise ValueError(f"Budget {self.name}: step_seconds must be a number of seconds in "
+                             f"(0, {MAX_STEP_SECONDS:g}] or None (no limit), got {limit!r}")
 
     def describe(self) -> str:
         limit = "no step limit" if self.step_seconds is None else f"step limit {self.step_seconds:g} s"
