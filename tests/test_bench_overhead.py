@@ -11,11 +11,16 @@ def test_ratios_are_per_round_times_over_the_plain_loops(monkeypatch, one_thread
     medians, ratios = overhead.run(rounds=2, setting=fewshot.small(fewshot.SETTINGS["omniglot-20w1s"]))
     assert overhead.PLAIN in medians and overhead.PLAIN not in ratios
     assert set(ratios) == set(medians) - {overhead.PLAIN}
-    # the fake clock makes each later call longer: (t+1)^2 - t^2 = 2t+1 with t the start tick
+    # the fake clock makes each later call longer: call c runs from tick 2c to 2c+1 and lasts
+    # (2c+1)^2 - (2c)^2 = 4c+1; the order turns by one each round, so implementation i runs at
+    # position (i - r) mod n of round r
     order = list(medians)
     i, j = order.index("core, loop"), order.index(overhead.PLAIN)
     n = len(order)
-    want = [(2 * (2 * (r * n + i)) + 1) / (2 * (2 * (r * n + j)) + 1) for r in range(2)]
+
+    def length(k, r):
+        return 4 * (r * n + (k - r) % n) + 1
+    want = [length(i, r) / length(j, r) for r in range(2)]
     assert ratios["core, loop"] == pytest.approx(want)
 
 

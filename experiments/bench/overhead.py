@@ -11,7 +11,7 @@ that cost on the CPU, so a change to it can be checked without a GPU:
 sizes, where the CPU is compute-bound and the question is whether the core's loop is slower than
 the plain loop at all.  Beside the medians it prints the per-round ratio of each loop to the plain
 one (paired: a slow spell of the machine falls on both), whose spread says how far one median
-of a few rounds can be trusted.
+of a few rounds can be trusted.  The order of the implementations turns by one each round.
 """
 
 from __future__ import annotations
@@ -45,8 +45,12 @@ def run(rounds: int = 7, setting: B.Setting = TINY,
     for f in fns.values():
         f(params, tasks, setting.beta_low, setting.inner_steps)
     times: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
     for r in range(rounds):
-        for k, f in fns.items():
+        # the order turns by one each round, so that no implementation always runs after the
+        # same one (and inherits the heap state it leaves)
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            f = fns[k]
             t = time.perf_counter()
             f(params, tasks, setting.beta_low, setting.inner_steps)
             times[k].append(time.perf_counter() - t)
@@ -70,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     for k, ms in medians.items():
         print(f"{k}: {ms:.1f} ms")
     for k, rs in ratios.items():
-        q = statistics.quantiles(rs, n=4) if len(rs) > 1 else [rs[0]] * 3
+        q = statistics.quantiles(rs, n=4, method="inclusive") if len(rs) > 1 else [rs[0]] * 3
         print(f"{k} / {PLAIN}, per round: median {statistics.median(rs):.3f}, quartiles "
               f"{q[0]:.3f}-{q[2]:.3f}, range {min(rs):.3f}-{max(rs):.3f}")
     return 0
