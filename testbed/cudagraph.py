@@ -227,8 +227,8 @@ class MetaGradientGraph:
     straight into the graph's tensors, with no second copy on the GPU).
 
     ``graph(generator=None)`` is :func:`testbed.meta.meta_gradient` of the adopted tensors'
-    current values under ``cfg`` (its ``cuda_graph`` field aside; ``compile`` is refused), with the SWP
-    masks drawn from ``generator`` as eagerly; it returns copies of the graph's outputs.  The
+    current values under ``cfg`` (its ``cuda_graph`` field aside; ``compile`` is refused), with
+    the SWP masks drawn from ``generator`` as eagerly; it returns copies of the graph's outputs.  The
     process settings that choose kernels (autocast, TF32, cuDNN) must be those of the first
     call: a call under others is refused, as a replay would silently ignore them.
 
