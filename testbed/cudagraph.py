@@ -92,16 +92,20 @@ def _check(params: dict, tasks: meta.Tasks, masks: dict) -> torch.device:
     return leaves[0].device
 
 
-def _settings(device: torch.device) -> tuple:
-    """The process settings that choose kernels: autocast (and its dtype), TF32, reduced-precision
-    reductions and float32 matmul precision, cuDNN's switches."""
+def _settings(device: torch.device) -> tuple[tuple[str, object], ...]:
+    """The process settings that choose kernels, as (name, value) pairs: autocast (and its
+    dtype), TF32, reduced-precision reductions and float32 matmul precision, cuDNN's switches."""
     amp = torch.is_autocast_enabled(device.type)
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    return (amp, torch.get_autocast_dtype(device.type) if amp else None,
-            matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction,
-            matmul.allow_fp16_reduced_precision_reduction, cudnn.allow_tf32,
-            torch.get_float32_matmul_precision(), cudnn.enabled, cudnn.benchmark,
-            cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
+    return (("autocast", amp), ("autocast dtype", torch.get_autocast_dtype(device.type) if amp else None),
+            ("matmul allow_tf32", matmul.allow_tf32),
+            ("matmul allow_bf16_reduced_precision_reduction", matmul.allow_bf16_reduced_precision_reduction),
+            ("matmul allow_fp16_reduced_precision_reduction", matmul.allow_fp16_reduced_precision_reduction),
+            ("cudnn allow_tf32", cudnn.allow_tf32),
+            ("float32 matmul precision", torch.get_float32_matmul_precision()),
+            ("cudnn enabled", cudnn.enabled), ("cudnn benchmark", cudnn.benchmark),
+            ("cudnn deterministic", cudnn.deterministic),
+            ("deterministic algorithms", torch.are_deterministic_algorithms_enabled()))
 
 
 def _key(body, loss_fn, params, tasks, cfg, masks, device) -> tuple:
@@ -327,16 +331,9 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     return a.index == b.index
 
 
-_SETTING_NAMES = ("autocast", "autocast dtype", "matmul allow_tf32",
-                  "matmul allow_bf16_reduced_precision_reduction",
-                  "matmul allow_fp16_reduced_precision_reduction", "cudnn allow_tf32",
-                  "float32 matmul precision", "cudnn enabled", "cudnn benchmark",
-                  "cudnn deterministic", "deterministic algorithms")
-
-
 def _differences(then: tuple, now: tuple) -> str:
-    return ", ".join(f"{n} {a} at capture, {b} now"
-                     for n, a, b in zip(_SETTING_NAMES, then, now) if a != b)
+    """The settings (:func:`_settings`) that differ, each with both values."""
+    return ", ".join(f"{n} {a} at capture, {b} now" for (n, a), (_, b) in zip(then, now) if a != b)
 
 
 def replay(body: Callable, loss_fn, params: dict, tasks: meta.Tasks, cfg: meta.SharpMAMLConfig,
