@@ -29,6 +29,9 @@ Memory: the graph keeps a private pool sized by what its capture had alive at it
 one task's graph, as it does eagerly; ``tests/test_gpu.py`` checks the pool against the eager
 peak).  Each cached graph holds its own pool until it is evicted (:data:`MAX_GRAPHS`, least
 recently used first) or :func:`clear` is called: the memory of several cached graphs adds up.
+Captures run on a side stream, and cuBLAS keeps a workspace per stream (64 MiB on an H200):
+run the eager work under :func:`capture_stream` too, so that both share one (on the H200 the
+second one was 10% of the Omniglot 20-way loop's peak; ``results/bench/gpu-h200-streams/``).
 
 Limits: the result is a constant (``meta_gradient`` under an outer ``grad`` or with parameters
 that require grad is refused); everything must live on one CUDA device; host-side values are
@@ -43,6 +46,7 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 
 import torch
 
@@ -149,8 +153,44 @@ def refused(error: BaseException) -> RuntimeError:
 
 
 _STREAMS: dict = {}
-"""One side stream per device for warm-ups and captures (a stream per capture could pin a
-cuBLAS workspace per stream)."""
+"""One side stream per device for warm-ups and captures (cuBLAS keeps a workspace per stream
+it has run on, 64 MiB on an H200 with torch 2.11: a stream per capture would pin one each)."""
+
+
+def _stream(device: torch.device) -> torch.cuda.Stream:
+    """The side stream of ``device`` (made on first use)."""
+    device = torch.device(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    key = torch.device(device.type, index)
+    if key not in _STREAMS:
+        _STREAMS[key] = torch.cuda.Stream(key)
+    return _STREAMS[key]
+
+
+@contextmanager
+def capture_stream(device: str | torch.device):
+    """Run the block on the stream graphs on ``device`` are warmed up, captured and replayed on.
+
+    Why: cuBLAS keeps a workspace for each stream that has run a matrix product, held until the
+    process ends (64 MiB on an H200 with torch 2.11).  Captures cannot run on the default
+    stream, so a program that runs its eager work there and its graphs here holds two; under
+    this context its eager work and its graphs share one.  ``testbed train --cuda-graph`` and
+    ``testbed bench fewshot`` run inside it.  The block starts after the work queued before it
+    on the current stream, and work queued after it starts after the block's.  On a device
+    other than CUDA it does nothing.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        yield None
+        return
+    with torch.cuda.device(device):
+        side, caller = _stream(device), torch.cuda.current_stream(device)
+        side.wait_stream(caller)
+        try:
+            with torch.cuda.stream(side):
+                yield side
+        finally:
+            caller.wait_stream(side)
 
 
 def _cuda_capture(fn: Callable[[], object], device: torch.device) -> tuple[object, Callable, object]:
@@ -172,7 +212,7 @@ def _cuda_capture(fn: Callable[[], object], device: torch.device) -> tuple[objec
         return fn()
 
     with torch.cuda.device(device):
-        side = _STREAMS.setdefault(device, torch.cuda.Stream(device))
+        side = _stream(device)
         caller = torch.cuda.current_stream(device)
         side.wait_stream(caller)
         with torch.cuda.stream(side):

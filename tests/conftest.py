@@ -52,3 +52,26 @@ def cuda_graph_stand_in(monkeypatch):
     cudagraph.clear()
     yield cudagraph
     cudagraph.clear()
+
+
+@pytest.fixture
+def capture_stream_spy(monkeypatch):
+    """Replaces ``cudagraph.capture_stream`` (a no-op off CUDA) with one that records the devices
+    it was entered for and whether a block is inside it now (``spy.inside``)."""
+    import contextlib
+    import types
+
+    from testbed import cudagraph
+
+    spy = types.SimpleNamespace(entered=[], inside=False)
+
+    @contextlib.contextmanager
+    def capture_stream(device):
+        spy.entered.append(str(device))
+        spy.inside = True
+        try:
+            yield None
+        finally:
+            spy.inside = False
+    monkeypatch.setattr(cudagraph, "capture_stream", capture_stream)
+    return spy

@@ -104,6 +104,25 @@ def test_cuda_graph_adds_the_graphed_core_and_nothing_otherwise():
     assert graphed <= set(fewshot.implementations(cuda_graph=True))
 
 
+def test_bench_with_cuda_graph_runs_every_row_on_the_graphs_stream(
+        cuda_graph_stand_in, capture_stream_spy, monkeypatch, one_thread):
+    """With CUDA graph rows, every row (eager ones too) is checked and timed inside
+    ``cudagraph.capture_stream``, so that all hold the same one cuBLAS workspace; without them
+    the bench does not enter it."""
+    inside = []
+    real = fewshot.interleaved_medians
+
+    def spy(*args, **kwargs):
+        inside.append(capture_stream_spy.inside)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(fewshot, "interleaved_medians", spy)
+    fewshot.run(TINY, repeats=1, variants=("maml",))
+    assert capture_stream_spy.entered == [] and inside == [False, False]
+    inside.clear()
+    fewshot.run(TINY, repeats=1, variants=("maml",), cuda_graph=True)
+    assert capture_stream_spy.entered == ["cpu"] and inside == [True, True]
+
+
 def test_bench_with_cuda_graph_checks_its_rows_and_times_every_variant_graphed(
         cuda_graph_stand_in, one_thread):
     """On the CPU through the stand-in capture (tests/conftest.py): the graphed rows go through
@@ -171,3 +190,12 @@ def test_the_graphed_rows_read_the_benchs_own_tensors(cuda_graph_stand_in, one_t
     assert all(torch.equal(first[k], again[k]) for k in first)
     fewshot.clear_graphs()
     assert not fewshot._IN_PLACE
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_graph_memory_without_cuda_exits_2_with_a_message(capsys):
+    from experiments.bench import graph_memory
+
+    assert graph_memory.main(["--setting", "all"]) == 2
+    err = capsys.readouterr().err
+    assert "needs a CUDA device" in err and "Traceback" not in err

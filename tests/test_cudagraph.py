@@ -296,3 +296,10 @@ def test_compile_cannot_be_captured_in_an_in_place_graph(cuda_graph_stand_in):
     cfg = meta.SharpMAMLConfig(beta_low=0.1, compile=True, task_batching="loop")
     with pytest.raises(ValueError, match="compile=True"):
         cudagraph.MetaGradientGraph(cross_entropy_loss, params, tasks, cfg)
+
+
+def test_capture_stream_does_nothing_off_cuda():
+    """Off CUDA the context yields no stream and touches no CUDA state (this machine may have none)."""
+    with cudagraph.capture_stream("cpu") as stream:
+        assert stream is None
+    assert torch.ones(2).sum().item() == 2

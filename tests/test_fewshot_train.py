@@ -389,6 +389,33 @@ def test_cuda_graph_reads_the_optimisers_parameters_in_place_and_loads_episodes_
     assert copied["tasks"] == 2 * 4      # iterations 2 and 3: support/query x and y
 
 
+def test_cuda_graph_runs_the_whole_training_on_the_graphs_stream(
+        toy, tmp_path, cuda_graph_stand_in, capture_stream_spy, monkeypatch):
+    """The captures, the optimiser's steps and the final test all run inside
+    ``cudagraph.capture_stream``, so that cuBLAS keeps one workspace; eager training does not
+    enter it."""
+    import experiments.fewshot.train as train
+    from testbed import MetaOptimizer
+
+    seen = []
+
+    def spying(name, fn):
+        def wrapped(*args, **kwargs):
+            seen.append((name, capture_stream_spy.inside))
+            return fn(*args, **kwargs)
+        return wrapped
+    monkeypatch.setattr(cuda_graph_stand_in, "_capture", spying("capture", cuda_graph_stand_in._capture))
+    monkeypatch.setattr(MetaOptimizer, "step", spying("step", MetaOptimizer.step))
+    monkeypatch.setattr(train, "evaluate_params", spying("test", train.evaluate_params))
+    common = dict(algorithm="maml", iterations=2, inner_steps=2, task_batching="loop", eval_episodes=2)
+    run(_tiny(toy, tmp_path / "eager", **common), progress=None)
+    assert capture_stream_spy.entered == [] and {n for n, _ in seen} == {"step", "test"}
+    seen.clear()
+    run(_tiny(toy, tmp_path / "graphed", cuda_graph=True, **common), progress=None)
+    assert capture_stream_spy.entered == ["cpu"]
+    assert seen == [("capture", True), ("step", True), ("step", True), ("test", True)]
+
+
 def test_cuda_graph_needs_cuda_and_a_maml_type_algorithm(toy, tmp_path, capsys, monkeypatch):
     with pytest.raises(ValueError, match="on device 'cpu'"):
         _tiny(toy, tmp_path, cuda_graph=True)

@@ -6,7 +6,7 @@ CUDA (each test skips where there is none)."""
 import pytest
 import torch
 
-from experiments.bench import fewshot, memory
+from experiments.bench import fewshot, graph_memory, memory
 from experiments.fewshot.common import precision_context
 from experiments.fewshot.model import HEAD_NAMES, cross_entropy_loss
 from testbed import algorithms, cudagraph
@@ -233,6 +233,51 @@ def test_train_with_cuda_graph_on_cuda_gives_the_eager_parameters(tmp_path, monk
     b = load_checkpoint(tmp_path / "graphed" / CHECKPOINT_NAME)["params"]
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
     cudagraph.clear()
+
+
+def test_eager_work_under_capture_stream_shares_the_graphs_cublas_workspace():
+    """A graph warmed up and captured on its side stream, after eager work on the default stream,
+    keeps a second cuBLAS workspace; under ``cudagraph.capture_stream`` the two share one, and
+    the graphed arrangement peaks where the eager loop does."""
+    workspace = graph_memory.workspace_mib()
+    rows = graph_memory.arrangements(TINY)
+    print(f"one cuBLAS workspace: {workspace:.1f} MiB; {rows}")
+    assert workspace >= 1, "too small a workspace to tell one from two"
+    eager = rows["eager loop, default stream"]
+    apart = rows["graph after eager work on the default stream"]
+    shared = rows["graph under capture_stream"]
+    assert eager["kept_mib"] >= 0.75 * workspace                     # the workspace, kept
+    assert apart["kept_mib"] >= eager["kept_mib"] + 0.75 * workspace  # two: the test can tell
+    assert shared["kept_mib"] <= eager["kept_mib"] + 0.25 * workspace
+    assert shared["peak_mib"] <= eager["peak_mib"] + 0.25 * workspace
+
+
+def test_train_with_cuda_graph_peaks_no_higher_than_eager_train(tmp_path):
+    """Peak memory of a whole ``testbed train`` run, from no cuBLAS workspace: with
+    ``--cuda-graph`` it is the eager run's (one workspace, the graph's pool no larger than the
+    eager step), not one workspace more."""
+    from experiments.fewshot.config import TrainConfig
+    from experiments.fewshot.toy import write_toy_folder
+    from experiments.fewshot.train import run
+
+    workspace = graph_memory.workspace_mib()
+    toy = "folder:" + str(write_toy_folder(tmp_path / "toy", classes=6, per_class=5, size=16))
+    common = dict(source=toy, ways=3, shots=1, queries=2, hidden=4, meta_batch=2, iterations=3,
+                  inner_steps=2, eval_episodes=0, algorithm="maml", device="cuda",
+                  task_batching="loop")
+
+    def peak(name, **extra):
+        graph_memory.without_workspaces()
+        torch.cuda.reset_peak_memory_stats()
+        base = graph_memory.allocated()
+        run(TrainConfig(out=str(tmp_path / name), **common, **extra), progress=None)
+        return torch.cuda.max_memory_allocated() - base
+    eager, graphed = (p / 2**20 for p in (peak("eager"), peak("graphed", cuda_graph=True)))
+    graph_memory.without_workspaces()
+    print(f"train peaks over the start: eager {eager:.1f} MiB, --cuda-graph {graphed:.1f} MiB "
+          f"(one cuBLAS workspace {workspace:.1f} MiB)")
+    assert eager >= 0.75 * workspace            # the workspace is in both peaks
+    assert graphed <= eager + 0.25 * workspace  # and only once in the graphed one
 
 
 def test_a_loss_that_syncs_is_refused_at_capture_and_cuda_stays_usable():

@@ -27,10 +27,11 @@ def test_one_phase_leaves_a_summary_and_an_archive_only(tmp_path):
     assert {"env.txt", "phases.md", "gpu_tests.log"} <= names
 
 
-def test_graphs_phase_skips_itself_off_cuda_and_says_why(tmp_path):
-    """The CPU rehearsal (DEVICE=cpu) must not fail on the CUDA-only ``--cuda-graph``."""
+def test_graphs_phases_skip_themselves_off_cuda_and_say_why(tmp_path):
+    """The CPU rehearsal (DEVICE=cpu) must not fail on the CUDA-only ``--cuda-graph`` and
+    graph memory phases."""
     out, work = tmp_path / "out", tmp_path / "work"
-    env = {**os.environ, "DEVICE": "cpu", "SCALE": "small", "PHASES": "graphs",
+    env = {**os.environ, "DEVICE": "cpu", "SCALE": "small", "PHASES": "graphs,graph_memory",
            "OUT": str(out), "WORK": str(work), "WHEELS": str(tmp_path / "no-wheels")}
     done = subprocess.run(["bash", "experiments/bench/gpu_run.sh"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
@@ -38,13 +39,16 @@ def test_graphs_phase_skips_itself_off_cuda_and_says_why(tmp_path):
     assert "== graphs: skipped" in done.stdout
     summary = (out / "summary.md").read_text()
     assert "- graphs: skipped, bench fewshot --cuda-graph needs a CUDA device, DEVICE is cpu" in summary
-    assert not (work / "graphs").exists()
+    assert ("- graph_memory: skipped, python -m experiments.bench.graph_memory measures CUDA memory, "
+            "DEVICE is cpu") in summary
+    assert not (work / "graphs").exists() and not (work / "graph_memory").exists()
 
 
 def test_default_phases_are_every_phase_in_the_order_they_run():
     script = (ROOT / "experiments/bench/gpu_run.sh").read_text()
     default = re.search(r"^PHASES=\$\{PHASES:-([\w,]+)\}", script, re.M).group(1).split(",")
     ran = re.findall(r"^\s*(?:cuda\*\) )?phase \S+ (\w+) ", script, re.M)
-    assert default == ran == ["gpu_tests", "graphs", "precision", "fewshot", "memory", "compile"]
+    assert default == ran == ["gpu_tests", "graphs", "graph_memory", "precision", "fewshot",
+                              "memory", "compile"]
     limits = re.search(r"^GRAPHS_LIMIT=\$\{GRAPHS_LIMIT:-(\d+)\}", script, re.M)
     assert limits is not None and "--cuda-graph --out \"$WORK/graphs\"" in script

@@ -8,17 +8,20 @@
 #
 # Phases, in the order they run: gpu_tests (pytest -m gpu), graphs (bench fewshot --cuda-graph,
 # both settings: the fewshot phase's tables plus the core under one captured CUDA graph per
-# meta-gradient; skipped, with a line saying so, when DEVICE is not cuda*), precision (python -m
+# meta-gradient; skipped, with a line saying so, when DEVICE is not cuda*), graph_memory
+# (python -m experiments.bench.graph_memory --setting all: the eager loop's peak against a graph's,
+# cuBLAS workspaces counted; CUDA only, as graphs), precision (python -m
 # experiments.fewshot.precision_study: MAML on Omniglot 5-way 1-shot trained under float32, tf32
 # and bf16 with --cuda-graph, test accuracy compared; PRECISION_ITERATIONS meta-iterations, data
 # from DATA_ROOT, default .gpu-data when it holds omniglot/, else ../shared/data; on a CPU float32
 # and bf16 at toy sizes), fewshot (bench fewshot, both settings), memory (bench memory,
 # mini-ImageNet), compile (bench fewshot --compile with and without CUDA graphs, mini-ImageNet).
 # PHASES selects a subset; they still run in this order.
-# The phase limits add up to 830 s (90 + 200 + 150 + 150 + 60 + 180), more than the device tool's
-# 600 s for one command: the six do not fit in one.  Split them, e.g. PHASES=gpu_tests,graphs,precision
-# (440 s) then PHASES=fewshot,memory,compile (390 s), each leaving room for the install and the
-# archive; or drop fewshot, whose tables the graphs phase also makes.
+# The phase limits add up to 920 s (90 + 200 + 90 + 150 + 150 + 60 + 180), more than the device
+# tool's 600 s for one command: the seven do not fit in one.  Split them, e.g.
+# PHASES=gpu_tests,graphs,graph_memory,precision (530 s) then PHASES=fewshot,memory,compile (390 s),
+# each leaving room for the install and the archive; or drop fewshot, whose tables the graphs
+# phase also makes.
 #
 # $OUT receives two files, because the device tool brings back at most 8 (README.md of the
 # tool): summary.md (every phase's exit status and time, then every table) and
@@ -35,12 +38,13 @@ OUT=${OUT:-gpu-results}
 DEVICE=${DEVICE:-cuda}
 SCALE=${SCALE:-paper}
 REPEATS=${REPEATS:-3}
-PHASES=${PHASES:-gpu_tests,graphs,precision,fewshot,memory,compile}   # which phases, in this order of priority
+PHASES=${PHASES:-gpu_tests,graphs,graph_memory,precision,fewshot,memory,compile}   # which phases, in this order of priority
 COMPILE_LIMIT=${COMPILE_LIMIT:-180}   # inductor compiling the double backward took > 180 s on an H200
 GPU_TESTS_LIMIT=${GPU_TESTS_LIMIT:-90}   # the non-compile GPU tests took 18 s there, the compile ones more
 PRECISION_LIMIT=${PRECISION_LIMIT:-150}   # float32, tf32, bf16 MAML runs side by side, then 600 test episodes each
 PRECISION_ITERATIONS=${PRECISION_ITERATIONS:-1000}
 DATA_ROOT=${DATA_ROOT:-$( [ -d .gpu-data/omniglot ] && echo .gpu-data || echo ../shared/data )}   # the device gets no ../shared: carry .gpu-data
+GRAPH_MEMORY_LIMIT=${GRAPH_MEMORY_LIMIT:-90}   # three arrangements per setting, each from no cuBLAS workspace
 GRAPHS_LIMIT=${GRAPHS_LIMIT:-200}   # fewshot's work (limit 150 s) plus captures and graphed rounds; not measured yet
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 WORK=${WORK:-$(mktemp -d)}
@@ -91,6 +95,11 @@ case "$DEVICE" in
     cuda*) phase "$GRAPHS_LIMIT" graphs "$PY" -m experiments.cli bench fewshot --setting all --device "$DEVICE" \
                --scale "$SCALE" --repeats "$REPEATS" --cuda-graph --out "$WORK/graphs" ;;
     *) skip graphs "bench fewshot --cuda-graph needs a CUDA device, DEVICE is $DEVICE" ;;
+esac
+case "$DEVICE" in
+    cuda*) phase "$GRAPH_MEMORY_LIMIT" graph_memory "$PY" -m experiments.bench.graph_memory --setting all \
+               --out "$WORK/graph_memory" ;;
+    *) skip graph_memory "python -m experiments.bench.graph_memory measures CUDA memory, DEVICE is $DEVICE" ;;
 esac
 case "$DEVICE" in   # tf32 and --cuda-graph are CUDA modes: off CUDA the study compares float32 and bf16
     cuda*) precision_args=(--cuda-graph) ;;

@@ -351,7 +351,10 @@ def run(config: TrainConfig, *, resume: bool = False, progress: TextIO | None = 
             iteration has been written, the message says so.
         ValueError: bad settings, unreadable data or checkpoint (DataError is one).
     """
-    with _Signals() as signals:
+    # --cuda-graph: the eager work (evaluation, optimiser) on the graph's stream, so that cuBLAS
+    # keeps one workspace, not one for the default stream and one for the graph's
+    stream = cudagraph.capture_stream(config.device) if config.cuda_graph else contextlib.nullcontext()
+    with _Signals() as signals, stream:
         try:
             return _run(config, resume, progress, source, loss_fn, signals)
         except KeyboardInterrupt as interrupt:  # _Signalled, or a KeyboardInterrupt raised otherwise
