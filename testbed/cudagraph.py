@@ -29,9 +29,10 @@ Memory: the graph keeps a private pool sized by what its capture had alive at it
 one task's graph, as it does eagerly; ``tests/test_gpu.py`` checks the pool against the eager
 peak).  Each cached graph holds its own pool until it is evicted (:data:`MAX_GRAPHS`, least
 recently used first) or :func:`clear` is called: the memory of several cached graphs adds up.
-Captures run on a side stream, and cuBLAS keeps a workspace per stream (64 MiB on an H200):
-run the eager work under :func:`capture_stream` too, so that both share one (on the H200 the
-second one was 10% of the Omniglot 20-way loop's peak; ``results/bench/gpu-h200-streams/``).
+Captures run on a side stream, and cuBLAS keeps workspaces per stream (65 MiB on an H200 after
+a Conv-4 meta-gradient): run the eager work under :func:`capture_stream` too, so that both share
+them (on the H200 a second set was 12% of the Omniglot 20-way loop's peak;
+``results/bench/gpu-h200-streams/``).
 
 Limits: the result is a constant (``meta_gradient`` under an outer ``grad`` or with parameters
 that require grad is refused); everything must live on one CUDA device; host-side values are
@@ -154,7 +155,7 @@ def refused(error: BaseException) -> RuntimeError:
 
 _STREAMS: dict = {}
 """One side stream per device for warm-ups and captures (cuBLAS keeps a workspace per stream
-it has run on, 64 MiB on an H200 with torch 2.11: a stream per capture would pin one each)."""
+it has run on, 65 MiB on an H200 with torch 2.11: a stream per capture would pin one each)."""
 
 
 def _stream(device: torch.device) -> torch.cuda.Stream:
@@ -171,10 +172,10 @@ def _stream(device: torch.device) -> torch.cuda.Stream:
 def capture_stream(device: str | torch.device):
     """Run the block on the stream graphs on ``device`` are warmed up, captured and replayed on.
 
-    Why: cuBLAS keeps a workspace for each stream that has run a matrix product, held until the
-    process ends (64 MiB on an H200 with torch 2.11).  Captures cannot run on the default
-    stream, so a program that runs its eager work there and its graphs here holds two; under
-    this context its eager work and its graphs share one.  ``testbed train --cuda-graph`` and
+    Why: cuBLAS keeps workspaces for each stream that has run a matrix product, held until the
+    process ends (65 MiB on an H200 with torch 2.11, after a Conv-4 meta-gradient).  Captures
+    cannot run on the default stream, so a program that runs its eager work there and its
+    graphs here holds two sets; under this context its eager work and its graphs share one.  ``testbed train --cuda-graph`` and
     ``testbed bench fewshot`` run inside it.  The block starts after the work queued before it
     on the current stream, and work queued after it starts after the block's.  On a device
     other than CUDA it does nothing.

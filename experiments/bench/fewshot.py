@@ -430,7 +430,7 @@ def run(setting: Setting, device: str = "cpu", repeats: int = 3,
             raise ValueError(f"cuda_graph=True captures CUDA kernels: it needs a CUDA device, "
                              f"got device {device!r}")
     # with CUDA graph rows, every row on the stream graphs are captured on: cuBLAS keeps a
-    # workspace per stream (64 MiB on an H200), and a process running one of them holds one
+    # workspace per stream (65 MiB on an H200), and a process running one of them holds one
     with cudagraph.capture_stream(device) if cuda_graph else contextlib.nullcontext():
         return _timed(setting, device, repeats, variants, say, compile, compile_modes, cuda_graph)
 

@@ -2,8 +2,9 @@
 
     python -m experiments.bench.graph_memory [--setting omniglot-20w1s|miniimagenet-5w1s|all] [--out DIR]
 
-Why: cuBLAS keeps a workspace for every stream that has run a matrix product (64 MiB on an H200
-with torch 2.11, held until the process ends).  A CUDA graph is warmed up and captured on a
+Why: cuBLAS keeps workspaces for every stream that has run a matrix product, held until the
+process ends (on an H200 with torch 2.11: 32 MiB after a plain product, 65 MiB after a Conv-4
+meta-gradient).  A CUDA graph is warmed up and captured on a
 side stream, so a program that runs its eager work on the default stream and its graph on the
 side stream holds two; ``testbed bench fewshot``'s rows, read one after another in one process,
 cannot show that.  Here each arrangement starts with no workspace (freed between them, with no
@@ -93,7 +94,8 @@ def arrangements(setting: fewshot.Setting) -> dict[str, dict[str, float]]:
 
 
 def workspace_mib() -> float:
-    """What a matrix product on a new stream keeps allocated (cuBLAS's workspace for it)."""
+    """What a plain matrix product on a new stream keeps allocated (cuBLAS's workspace for it;
+    the Conv-4 meta-gradient keeps more, see the eager arrangement's kept MiB)."""
     without_workspaces()
     a, stream = torch.ones(64, 64, device="cuda"), torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -107,8 +109,9 @@ def workspace_mib() -> float:
 
 def format_table(asked: str, workspace: float, results: dict[str, dict[str, dict[str, float]]]) -> str:
     lines = [f"`python -m experiments.bench.graph_memory --setting {asked}` on "
-             f"{torch.cuda.get_device_name()}, torch {torch.__version__}; one cuBLAS workspace "
-             f"(what a matrix product on a new stream keeps): {workspace:.1f} MiB"]
+             f"{torch.cuda.get_device_name()}, torch {torch.__version__}; a plain matrix product "
+             f"on a new stream keeps {workspace:.1f} MiB (cuBLAS's workspace); the eager row's kept "
+             f"MiB is what a stream that ran the meta-gradient keeps"]
     for name, rows in results.items():
         lines += ["", f"{name}: arrangement (from no workspace) | peak MiB over start | kept MiB after",
                   "---|---|---"]
