@@ -40,12 +40,12 @@ SCALE=${SCALE:-paper}
 REPEATS=${REPEATS:-3}
 PHASES=${PHASES:-gpu_tests,graphs,graph_memory,precision,fewshot,memory,compile}   # which phases, in this order of priority
 COMPILE_LIMIT=${COMPILE_LIMIT:-180}   # inductor compiling the double backward took > 180 s on an H200
-GPU_TESTS_LIMIT=${GPU_TESTS_LIMIT:-90}   # the non-compile GPU tests took 18 s there, the compile ones more
+GPU_TESTS_LIMIT=${GPU_TESTS_LIMIT:-90}   # the non-compile GPU tests took 32 s there, the compile ones more
 PRECISION_LIMIT=${PRECISION_LIMIT:-150}   # float32, tf32, bf16 MAML runs side by side, then 600 test episodes each
 PRECISION_ITERATIONS=${PRECISION_ITERATIONS:-1000}
 DATA_ROOT=${DATA_ROOT:-$( [ -d .gpu-data/omniglot ] && echo .gpu-data || echo ../shared/data )}   # the device gets no ../shared: carry .gpu-data
-GRAPH_MEMORY_LIMIT=${GRAPH_MEMORY_LIMIT:-90}   # three arrangements per setting, each from no cuBLAS workspace
-GRAPHS_LIMIT=${GRAPHS_LIMIT:-200}   # fewshot's work (limit 150 s) plus captures and graphed rounds; not measured yet
+GRAPH_MEMORY_LIMIT=${GRAPH_MEMORY_LIMIT:-90}   # three arrangements per setting from no cuBLAS workspace: 22 s on an H200
+GRAPHS_LIMIT=${GRAPHS_LIMIT:-200}   # fewshot's work plus captures and graphed rounds: 76-79 s on an H200
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 WORK=${WORK:-$(mktemp -d)}
 mkdir -p "$OUT" "$WORK"
