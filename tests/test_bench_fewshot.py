@@ -199,3 +199,21 @@ def test_graph_memory_without_cuda_exits_2_with_a_message(capsys):
     assert graph_memory.main(["--setting", "all"]) == 2
     err = capsys.readouterr().err
     assert "needs a CUDA device" in err and "Traceback" not in err
+
+
+def test_interleaved_rounds_turn_the_order_and_warm_up_each_function_once(monkeypatch):
+    """Warm-ups in the given order, then round r calls the functions turned by r places, so no
+    function always follows the same one; each median is of that function's own calls (a fake
+    clock that each function advances by its own duration)."""
+    calls, now = [], [0.0]
+    duration = {"a": 1.0, "b": 2.0, "c": 3.0}
+
+    def make(name):
+        def fn():
+            calls.append(name)
+            now[0] += duration[name]
+        return fn
+    monkeypatch.setattr(fewshot.time, "perf_counter", lambda: now[0])
+    seconds, peak = fewshot.interleaved_medians({n: make(n) for n in "abc"}, repeats=4, device="cpu")
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab") + list("abc")
+    assert seconds == duration and peak == dict.fromkeys("abc")

@@ -343,6 +343,11 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def turned(names: list[str], r: int) -> list[str]:
+    """``names`` turned by ``r`` places: round ``r``'s order of an interleaved timing."""
+    return names[r % len(names):] + names[:r % len(names)]
+
+
 def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, device: str,
                         say: Callable[[str], None] = lambda _: None
                         ) -> tuple[dict[str, float], dict[str, float | None]]:
@@ -350,7 +355,9 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, devi
 
     Each function is called once to warm up (its peak memory is read on that call); then
     every round calls each function once, in turn, so that a slow spell of a shared machine
-    falls on all of them alike instead of on whichever was being timed.
+    falls on all of them alike instead of on whichever was being timed.  The order turns by one
+    each round, so that no function always runs after the same one and inherits the heap state
+    it leaves (on the CPU that moved a 1% comparison: results/bench/omniglot-20w1s/loop_vs_plain.md).
     """
     peak = {}
     for name, fn in fns.items():
@@ -360,9 +367,11 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, devi
         _sync(device)
         peak[name] = _peak_mb(device)
     times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
     for r in range(repeats):
         say(f"round {r + 1} of {repeats}")
-        for name, fn in fns.items():
+        for name in turned(names, r):
+            fn = fns[name]
             _sync(device)
             t = time.perf_counter()
             fn()

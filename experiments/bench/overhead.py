@@ -49,7 +49,7 @@ def run(rounds: int = 7, setting: B.Setting = TINY,
     for r in range(rounds):
         # the order turns by one each round, so that no implementation always runs after the
         # same one (and inherits the heap state it leaves)
-        for k in names[r % len(names):] + names[:r % len(names)]:
+        for k in B.turned(names, r):
             f = fns[k]
             t = time.perf_counter()
             f(params, tasks, setting.beta_low, setting.inner_steps)
