@@ -61,8 +61,8 @@ class TrainConfig:
     task_batching: "loop" (one task after another), "vmap" (vectorised over the meta-batch)
                    or "auto" (the default): loop on CPU, vmap on CUDA, replaced by the concrete
                    choice on construction.  On one CPU thread the loop is faster at
-                   the paper's sizes (``testbed bench fewshot``: vmap 30% slower on
-                   mini-ImageNet 5-way, 1.9x on Omniglot 20-way; README); smaller models may
+                   the paper's sizes (``testbed bench fewshot``: vmap 1.8x slower on
+                   mini-ImageNet 5-way, 5% to 1.9x on Omniglot 20-way; README); smaller models may
                    favour vmap, which ``--task-batching vmap`` selects.  On an H200 vmap
                    was 2.4x (mini-ImageNet 5-way) and 9.3x (Omniglot 20-way) faster than the
                    loop, at 3.9x and 14x its peak memory (``results/bench/gpu-h200/``).
