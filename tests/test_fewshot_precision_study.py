@@ -111,7 +111,7 @@ def test_rerunning_reuses_finished_runs_and_resumes_unfinished_ones(study, tmp_p
         assert run["resumed_from"] == 2 and run["iterations"] == 3
 
 
-def test_sigterm_stops_every_run_with_its_checkpoint_and_exits_130(toy, tmp_path):
+def test_sigterm_stops_every_run_with_its_checkpoint_and_exits_143(toy, tmp_path):
     argv = _tiny(toy, tmp_path)
     argv[argv.index("--iterations") + 1] = "1000000"
     study = subprocess.Popen([sys.executable, "-m", "experiments.fewshot.precision_study", *argv],
@@ -128,7 +128,7 @@ def test_sigterm_stops_every_run_with_its_checkpoint_and_exits_130(toy, tmp_path
     finally:
         if study.poll() is None:
             study.kill()
-    assert study.returncode == 130, err
+    assert study.returncode == 143, err     # 128 + SIGTERM, as testbed train
     last = err.strip().splitlines()[-1]
     assert "interrupted" in last and "rerun the same command to resume" in last
     for precision in ("float32", "bf16"):
@@ -187,3 +187,14 @@ def test_train_argv_builds_the_config_the_study_compares_with(tmp_path):
         assert parsed == config.train_config(precision)
     assert config.train_argv("bf16", resume=True)[-1] == "--resume"
     assert str(REPO) in S._child_env()["PYTHONPATH"].split(os.pathsep)
+
+
+@pytest.mark.parametrize(("interrupt", "status"), [(KeyboardInterrupt, 130), (S._Terminated, 143)])
+def test_an_interrupt_exits_128_plus_its_signal_with_one_line(interrupt, status, tmp_path, monkeypatch, capsys):
+    """Ctrl-C exits 130 and SIGTERM 143, as testbed train does, each with the one-line message."""
+    def interrupted(config, progress=None):
+        raise interrupt
+    monkeypatch.setattr(S, "run", interrupted)
+    assert S.main(["--out", str(tmp_path / "study")]) == status
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted" in err[0]

@@ -7,8 +7,9 @@ leaves accuracy unchanged when ``|acc_P - acc_float32| <= ci95_P + ci95_float32`
 intervals (1.96 * std(ddof=1) / sqrt(episodes)) touching; otherwise it differs.
 
 Each run is its own ``testbed train`` process writing ``DIR/runs/<precision>/`` (side by side
-unless ``--sequential``).  Ctrl-C or SIGTERM stops them, each saving its checkpoint; the same
-command then resumes them (``--resume``) and reuses the runs that had finished.  Writes
+unless ``--sequential``).  Ctrl-C or SIGTERM stops them, each saving its checkpoint (exit 130
+or 143, as ``testbed train``); the same command then resumes them (``--resume``) and reuses the
+runs that had finished.  Writes
 ``DIR/precision.md`` (also printed) and ``DIR/precision.json``.
 
 The README's CPU comparison ("bfloat16 against float32", ``results/fewshot/precision_5w1s_cpu.md``:
@@ -375,17 +376,21 @@ def format_markdown(result: dict[str, Any]) -> str:
         f"are in `{Path(s['out']) / RUNS_DIR}/<precision>/`.", ""])
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an interrupt so that the same clean-up runs (exit 143, not 130)."""
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt for the block, as Ctrl-C does (main thread only; not
-    over an ignored SIGTERM)."""
+    """SIGTERM raises :class:`_Terminated` (a KeyboardInterrupt) for the block, as Ctrl-C
+    raises KeyboardInterrupt (main thread only; not over an ignored SIGTERM)."""
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
         yield
         return
 
     def handle(signum, frame):
-        raise KeyboardInterrupt
+        raise _Terminated
 
     before = signal.signal(signal.SIGTERM, handle)
     try:
@@ -452,9 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             text = format_markdown(result)
             (out / "precision.json").write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
             (out / "precision.md").write_text(text)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:   # 128 + the signal's number, as testbed train exits
         print(f"{PROG}: {INTERRUPTED}", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(interrupt, _Terminated) else signal.SIGINT)
     except RunFailed as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
