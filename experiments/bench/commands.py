@@ -67,11 +67,11 @@ def _compile_modes(text: str) -> tuple[str, ...]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from experiments.claims.report import git_commit
+    from experiments.provenance import git_commit
 
     # the code that runs is the code at the start: a commit made while a long bench runs
     # must not be credited with its numbers
-    args.commit = git_commit()
+    args.commit = git_commit() or "unknown"
     if args.out is not None:   # an unwritable --out fails now, not after the bench
         args.out.mkdir(parents=True, exist_ok=True)
     return {"fewshot": _fewshot, "memory": _memory, "synthetic": _synthetic}[args.suite](args)

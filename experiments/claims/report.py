@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,21 +23,6 @@ from proofs_check.report import atomic_write
 
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
 SCHEMA_VERSION = 2
-
-
-def git_commit(root: Path | None = None) -> str:
-    """The commit of the working tree (with ``+dirty`` if it has changes), or ``unknown``."""
-    root = root or Path(__file__).resolve().parents[2]
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=10)
-        if rev.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return rev.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def jsonable(x: Any) -> Any:

@@ -11,6 +11,7 @@ from pathlib import Path
 from experiments.claims import registry, report
 from experiments.claims.registry import ClaimResult, Context, select
 from experiments.cliutil import step_progress
+from experiments.provenance import git_commit
 
 
 def verify(out_dir: Path, *, quick: bool = True, only: Sequence[str] | None = None, seed: int = 0,
@@ -31,7 +32,7 @@ def verify(out_dir: Path, *, quick: bool = True, only: Sequence[str] | None = No
     out_dir = Path(out_dir)
     ctx = Context(quick=quick, seed=seed, out_dir=out_dir, memo={} if memo is None else memo)
     info = report.RunInfo(command=command, seed=seed, quick=quick, package_version=__version__,
-                          git_commit=report.git_commit(),
+                          git_commit=git_commit() or "unknown",
                           started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     results: list[ClaimResult] = []
     start = time.perf_counter()

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import subprocess
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from experiments.data import Episode
+from experiments.provenance import git_commit
 from experiments.fewshot.model import HEAD_NAMES, conv4_forward, cross_entropy_loss
 from testbed import Tasks, algorithms
 from testbed.algorithms import Algorithm
@@ -126,19 +125,6 @@ def episode_metrics(algorithm: Algorithm, params: Mapping[str, torch.Tensor], su
         loss = torch.nn.functional.cross_entropy(logits, query["y"])
         accuracy = (logits.argmax(dim=-1) == query["y"]).double().mean()
     return float(loss), float(accuracy)
-
-
-def git_commit(where: Path | None = None) -> str | None:
-    """``git rev-parse HEAD`` of the repository holding this package (``-dirty`` if modified); None outside git."""
-    cwd = where or Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("-dirty" if dirty else "")
 
 
 def environment(device: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from experiments.claims.report import git_commit
+from experiments.provenance import git_commit
 from experiments.cliutil import Parser, comma_separated, positive_int, positive_int_list
 from experiments.fewshot.model import conv4_forward
 from testbed import Tasks, algorithms
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     "float64 / float32"),
                    default=("float64", "float32"), help="comma-separated (default float64,float32)")
     args = p.parse_args(argv)
-    commit = git_commit()
+    commit = git_commit() or "unknown"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)

@@ -444,7 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     import torch
 
-    from experiments.fewshot.common import environment, git_commit
+    from experiments.fewshot.common import environment
+    from experiments.provenance import git_commit
     command = " ".join([PROG, *map(shlex.quote, argv if argv is not None else sys.argv[1:])])
     out = Path(config.out)
     try:
@@ -452,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             result = run(config, progress=sys.stderr)
             result = {"question": __doc__.split("\n")[0], "command": command,
-                      "git_commit": git_commit(), "torch": str(torch.__version__),
+                      "git_commit": git_commit() or "unknown", "torch": str(torch.__version__),
                       "device": environment(config.device)["device"], **result}
             text = format_markdown(result)
             (out / "precision.json").write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
