@@ -158,11 +158,18 @@ _STREAMS: dict = {}
 it has run on, 65 MiB on an H200 with torch 2.11: a stream per capture would pin one each)."""
 
 
+def _indexed(device: str | torch.device) -> torch.device:
+    """``device`` with its index: ``cuda`` (the current device, as a generator made without an
+    index has) becomes ``cuda:N``; other devices stay as they are."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def _stream(device: torch.device) -> torch.cuda.Stream:
     """The side stream of ``device`` (made on first use)."""
-    device = torch.device(device)
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    key = torch.device(device.type, index)
+    key = _indexed(device)
     if key not in _STREAMS:
         _STREAMS[key] = torch.cuda.Stream(key)
     return _STREAMS[key]
@@ -175,10 +182,10 @@ def capture_stream(device: str | torch.device):
     Why: cuBLAS keeps workspaces for each stream that has run a matrix product, held until the
     process ends (65 MiB on an H200 with torch 2.11, after a Conv-4 meta-gradient).  Captures
     cannot run on the default stream, so a program that runs its eager work there and its
-    graphs here holds two sets; under this context its eager work and its graphs share one.  ``testbed train --cuda-graph`` and
-    ``testbed bench fewshot`` run inside it.  The block starts after the work queued before it
-    on the current stream, and work queued after it starts after the block's.  On a device
-    other than CUDA it does nothing.
+    graphs here holds two sets; under this context its eager work and its graphs share one.
+    ``testbed train --cuda-graph`` and ``testbed bench fewshot`` run inside it.  The block
+    starts after the work queued before it on the current stream, and work queued after it
+    starts after the block's.  On a device other than CUDA it does nothing.
     """
     device = torch.device(device)
     if device.type != "cuda":
@@ -363,13 +370,7 @@ def _shapes(tree) -> str:
 def _same_device(a: torch.device, b: torch.device) -> bool:
     """``cuda`` (the current device, a generator's device without an index) and ``cuda:0``
     alike when they are the same device."""
-    a, b = torch.device(a), torch.device(b)
-    if a.type != b.type:
-        return False
-    if a.type == "cuda" and None in (a.index, b.index):
-        current = torch.cuda.current_device()
-        return (current if a.index is None else a.index) == (current if b.index is None else b.index)
-    return a.index == b.index
+    return _indexed(a) == _indexed(b)
 
 
 def _differences(then: tuple, now: tuple) -> str:

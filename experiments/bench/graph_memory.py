@@ -6,8 +6,9 @@ Why: cuBLAS keeps workspaces for every stream that has run a matrix product, hel
 process ends (on an H200 with torch 2.11: 32 MiB after a plain product, 65 MiB after a Conv-4
 meta-gradient).  A CUDA graph is warmed up and captured on a side stream, so a program that
 runs its eager work on the default stream and its graph on the side stream holds two sets;
-``testbed bench fewshot``'s rows, read one after another in one process, cannot show that.  Here each arrangement starts with no workspace (freed between them, with no
-graph alive) and its peak is read over what was allocated at its start:
+``testbed bench fewshot``'s rows, read one after another in one process, cannot show that.
+Here each arrangement starts with no workspace (freed between them, with no graph alive) and
+its peak is read over what was allocated at its start:
 
 - eager: the core's per-task loop, two calls on the default stream (what a ``higher`` or eager
   training process holds);
